@@ -1,0 +1,139 @@
+"""Run configuration: defaults, the model's hashable config, and validation.
+
+A run is configured by an `ml_collections.ConfigDict` built from `base_config()`
+and overridden by an experiment file (`experiments/configs/*.py`) and absl
+flags. The dict is locked, so a misspelt field is an error instead of a silent
+no-op. `validate(cfg, num_devices)` checks everything that can be checked
+before compute starts and raises `ConfigError` naming the field and the fix.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+from typing import Any
+
+import ml_collections
+
+
+class ConfigError(ValueError):
+  """A configuration problem a person must fix; the message names field and fix."""
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+  """Hashable model hyper-parameters (Flax modules take this as an attribute)."""
+  family: str = "decoder"  # "decoder" (GPT-style causal LM)
+  vocab_size: int = 512
+  d_model: int = 128
+  num_layers: int = 2
+  num_heads: int = 4
+  num_kv_heads: int = 0  # 0 means num_heads (plain MHA); fewer gives GQA/MQA
+  head_dim: int = 0  # 0 means d_model // num_heads
+  mlp_dim: int = 512
+  max_len: int = 128  # longest position the model supports (learned/sinusoidal tables)
+  position: str = "rope"  # "rope" | "learned" | "sinusoidal"
+  rope_base: float = 10000.0
+  norm: str = "rmsnorm"  # "rmsnorm" | "layernorm"
+  norm_eps: float = 1e-6
+  mlp_activation: str = "swiglu"  # "swiglu" | "gelu"
+  dropout_rate: float = 0.0
+  tie_embeddings: bool = True
+  scan_layers: bool = True
+  remat_policy: str = "none"  # "none" | "full" | "dots_saveable" | "save_attention_out"
+  dtype: str = "float32"  # compute dtype
+  param_dtype: str = "float32"
+
+  @property
+  def kv_heads(self) -> int:
+    return self.num_kv_heads or self.num_heads
+
+  @property
+  def resolved_head_dim(self) -> int:
+    return self.head_dim or self.d_model // self.num_heads
+
+  @classmethod
+  def from_config(cls, model_cfg: Any) -> "ModelConfig":
+    d = model_cfg.to_dict() if hasattr(model_cfg, "to_dict") else dict(model_cfg)
+    return cls(**d)
+
+
+def _model_defaults() -> ml_collections.ConfigDict:
+  return ml_collections.ConfigDict(dataclasses.asdict(ModelConfig()))
+
+
+def base_config() -> ml_collections.ConfigDict:
+  """Every field a run may set, with its default. Experiment files override these."""
+  c = ml_collections.ConfigDict()
+  c.seed = 0
+  c.model = _model_defaults()
+
+  c.data = ml_collections.ConfigDict()
+  c.data.dataset = "synthetic"  # "synthetic" | "text" | any registered tfds name ("lm1b", "c4/en")
+  c.data.data_dir = ""  # "" means $LM_DATA_DIR or ~/.cache/lm_scaling/data
+  c.data.text_field = "text"  # feature holding the text in a registered tfds dataset
+  c.data.train_split = "train"
+  c.data.eval_split = "validation"
+  c.data.text_glob = ""  # dataset="text": glob of .txt or .jsonl files
+  c.data.text_mode = "file"  # .txt: "file" (one doc per file) | "blank_line" (one doc per block)
+  c.data.eval_fraction = 0.05  # dataset="text": documents held out for validation
+  c.data.seq_len = 128
+  c.data.shuffle_seed = 0
+  c.data.tokenizer_docs = 20000  # documents of the train split used to train the tokenizer
+  c.data.synthetic = ml_collections.ConfigDict()
+  c.data.synthetic.seed = 0
+  c.data.synthetic.num_words = 48
+  c.data.synthetic.branching = 4
+  c.data.synthetic.end_prob = 0.25
+  c.data.synthetic.train_docs = 20000
+  c.data.synthetic.eval_docs = 500
+
+  c.train = ml_collections.ConfigDict()
+  c.train.batch_size = 32  # global batch (sequences per step, all processes together)
+  c.train.num_steps = 200
+  c.train.learning_rate = 3e-3
+  c.train.warmup_steps = 20
+  c.train.min_lr_ratio = 0.1  # cosine decays to learning_rate * min_lr_ratio
+  c.train.weight_decay = 0.01
+  c.train.b1 = 0.9
+  c.train.b2 = 0.95
+  c.train.grad_clip = 1.0
+  c.train.log_every = 10
+  c.train.eval_every = 100
+  c.train.eval_batches = 8
+  c.train.checkpoint_every = 100
+  c.train.keep_checkpoints = 3
+
+  c.mesh = ml_collections.ConfigDict()
+  c.mesh.data = -1  # -1: the rest of the devices
+  c.mesh.fsdp = 1
+  c.mesh.tensor = 1
+  c.lock()
+  return c
+
+
+def suggest_field(cfg: ml_collections.ConfigDict, dotted: str) -> str:
+  """'did you mean ...' text for a field name that does not exist."""
+  names = list(_flat_keys(cfg.to_dict()))
+  close = difflib.get_close_matches(dotted, names, n=3)
+  return f" Did you mean: {', '.join(close)}?" if close else ""
+
+
+def _flat_keys(d: dict, prefix: str = ""):
+  for k, v in d.items():
+    key = f"{prefix}{k}"
+    if isinstance(v, dict):
+      yield from _flat_keys(v, key + ".")
+    else:
+      yield key
+
+
+def flatten(d: dict, prefix: str = "") -> dict:
+  """{'a': {'b': 1}} -> {'a.b': 1}."""
+  out = {}
+  for k, v in d.items():
+    key = f"{prefix}{k}"
+    if isinstance(v, dict):
+      out.update(flatten(v, key + "."))
+    else:
+      out[key] = v
+  return out
