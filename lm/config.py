@@ -137,3 +137,58 @@ def flatten(d: dict, prefix: str = "") -> dict:
     else:
       out[key] = v
   return out
+
+
+# Fields that may differ when a run in an existing WORKDIR is started again:
+# they change how long or how often, not what is trained (mesh: elastic restore).
+RESUMABLE_FIELDS = frozenset({
+    "train.num_steps", "train.log_every", "train.eval_every", "train.eval_batches",
+    "train.checkpoint_every", "train.keep_checkpoints",
+    "mesh.data", "mesh.fsdp", "mesh.tensor", "data.data_dir",
+})
+
+
+def config_diff(old: dict, new: dict) -> dict[str, tuple[Any, Any]]:
+  """{field: (old, new)} for every dotted field that differs."""
+  a, b = flatten(old), flatten(new)
+  missing = object()
+  return {k: (a.get(k, missing), b.get(k, missing)) for k in sorted(set(a) | set(b))
+          if a.get(k, missing) != b.get(k, missing)}
+
+
+def _positive(cfg, dotted: str, allow_zero: bool = False) -> None:
+  node = cfg
+  for part in dotted.split("."):
+    node = node[part]
+  if not isinstance(node, (int, float)) or node < 0 or (node == 0 and not allow_zero):
+    bound = ">= 0" if allow_zero else "> 0"
+    raise ConfigError(f"{dotted}={node!r} is invalid: it must be a number {bound}.")
+
+
+def validate(cfg: ml_collections.ConfigDict, num_devices: int, process_count: int = 1) -> None:
+  """Every check that needs no data and no compute; raises ConfigError."""
+  from lm.models import validate_model_config  # models import config: import late
+  from lm.sharding import resolve_mesh_shape
+
+  model = ModelConfig.from_config(cfg.model)
+  validate_model_config(model)
+  for f in ("train.batch_size", "train.num_steps", "train.learning_rate", "train.log_every",
+            "train.eval_every", "train.eval_batches", "train.checkpoint_every", "train.keep_checkpoints",
+            "data.seq_len"):
+    _positive(cfg, f)
+  for f in ("train.warmup_steps", "train.weight_decay", "train.grad_clip", "train.min_lr_ratio"):
+    _positive(cfg, f, allow_zero=True)
+  if cfg.data.seq_len > model.max_len:
+    raise ConfigError(
+        f"data.seq_len={cfg.data.seq_len} exceeds model.max_len={model.max_len}: "
+        f"raise model.max_len to at least {cfg.data.seq_len} or shorten data.seq_len.")
+  data, fsdp, tensor = resolve_mesh_shape(cfg.mesh, num_devices)
+  dp = data * fsdp
+  if cfg.train.batch_size % dp:
+    raise ConfigError(
+        f"train.batch_size={cfg.train.batch_size} is not divisible by the data-parallel size "
+        f"mesh.data x mesh.fsdp = {data} x {fsdp} = {dp}; use a multiple of {dp}.")
+  if cfg.train.batch_size % process_count:
+    raise ConfigError(
+        f"train.batch_size={cfg.train.batch_size} is not divisible by the {process_count} processes; "
+        f"use a multiple of {process_count}.")

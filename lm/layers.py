@@ -1,0 +1,153 @@
+"""Small shared layers: dtypes, initializers, a named einsum dense, norms, MLP, embedding.
+
+Every parameter is created through `nn.with_logical_partitioning`, so `model.init`
+returns boxed leaves whose logical names `lm/sharding.py` maps onto mesh axes.
+Names used here:
+  params:      ("embed",) norm scale/bias; ("embed","mlp") / ("mlp","embed") MLP
+               kernels; ("vocab","embed") token table; ("embed","vocab") untied head.
+  activations: ("batch","length","act_mlp") inside the MLP,
+               ("batch","length","act_embed") for every [B, L, D] output.
+"""
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from lm.config import ModelConfig
+
+VALID_DTYPES = ("float32", "bfloat16", "float16")
+BLD = ("batch", "length", "act_embed")
+
+
+def compute_dtype(cfg: ModelConfig) -> jnp.dtype:
+  return jnp.dtype(cfg.dtype)
+
+
+def param_dtype(cfg: ModelConfig) -> jnp.dtype:
+  return jnp.dtype(cfg.param_dtype)
+
+
+def fan_in_init(scale: float = 1.0, in_axis=-2, out_axis=-1) -> Callable:
+  """Truncated normal with variance scale/fan_in (the truncation is corrected for)."""
+  return nn.initializers.variance_scaling(
+      scale, "fan_in", "truncated_normal", in_axis=in_axis, out_axis=out_axis)
+
+
+def out_proj_scale(cfg: ModelConfig) -> float:
+  # Projections that write into the residual stream are shrunk by 1/sqrt(2L) (std),
+  # so the stream's variance stays O(1) as depth grows (GPT-2 style).
+  return 1.0 / (2.0 * cfg.num_layers)
+
+
+class Einsum(nn.Module):
+  """y = einsum(spec, x, kernel) with one explicitly shaped, logically named kernel."""
+  shape: Sequence[int]
+  names: Sequence[str]
+  spec: str
+  init: Callable
+  cfg: ModelConfig
+
+  @nn.compact
+  def __call__(self, x):
+    kernel = self.param(
+        "kernel", nn.with_logical_partitioning(self.init, tuple(self.names)),
+        tuple(self.shape), param_dtype(self.cfg))
+    dtype = compute_dtype(self.cfg)
+    return jnp.einsum(self.spec, x.astype(dtype), kernel.astype(dtype))
+
+
+class RMSNorm(nn.Module):
+  """x / rms(x) * scale, computed in float32."""
+  cfg: ModelConfig
+
+  @nn.compact
+  def __call__(self, x_BLD):
+    d = x_BLD.shape[-1]
+    scale_D = self.param("scale", nn.with_logical_partitioning(nn.initializers.ones, ("embed",)),
+                         (d,), param_dtype(self.cfg))
+    x = x_BLD.astype(jnp.float32)
+    x = x * jax.lax.rsqrt(jnp.mean(x * x, axis=-1, keepdims=True) + self.cfg.norm_eps)
+    return (x * scale_D.astype(jnp.float32)).astype(compute_dtype(self.cfg))
+
+
+class LayerNorm(nn.Module):
+  """(x - mean) / std * scale + bias, computed in float32."""
+  cfg: ModelConfig
+
+  @nn.compact
+  def __call__(self, x_BLD):
+    d = x_BLD.shape[-1]
+    pdt = param_dtype(self.cfg)
+    scale_D = self.param("scale", nn.with_logical_partitioning(nn.initializers.ones, ("embed",)),
+                         (d,), pdt)
+    bias_D = self.param("bias", nn.with_logical_partitioning(nn.initializers.zeros, ("embed",)),
+                        (d,), pdt)
+    x = x_BLD.astype(jnp.float32)
+    mean = jnp.mean(x, axis=-1, keepdims=True)
+    var = jnp.mean(jnp.square(x - mean), axis=-1, keepdims=True)
+    x = (x - mean) * jax.lax.rsqrt(var + self.cfg.norm_eps)
+    x = x * scale_D.astype(jnp.float32) + bias_D.astype(jnp.float32)
+    return x.astype(compute_dtype(self.cfg))
+
+
+NORMS = {"rmsnorm": RMSNorm, "layernorm": LayerNorm}
+
+
+def make_norm(cfg: ModelConfig, name: str) -> nn.Module:
+  return NORMS[cfg.norm](cfg, name=name)
+
+
+class MLP(nn.Module):
+  """GELU (wi -> gelu -> wo) or SwiGLU (silu(wi_gate) * wi_up -> wo) feed-forward."""
+  cfg: ModelConfig
+
+  @nn.compact
+  def __call__(self, x_BLD):
+    cfg = self.cfg
+    d, f = cfg.d_model, cfg.mlp_dim
+    act_BLF = ("batch", "length", "act_mlp")
+
+    def up(name):
+      return Einsum((d, f), ("embed", "mlp"), "bld,df->blf", fan_in_init(), cfg, name=name)(x_BLD)
+
+    if cfg.mlp_activation == "swiglu":
+      gate_BLF = nn.with_logical_constraint(up("wi_gate"), act_BLF)
+      up_BLF = nn.with_logical_constraint(up("wi_up"), act_BLF)
+      h_BLF = nn.silu(gate_BLF) * up_BLF
+    else:
+      h_BLF = nn.gelu(nn.with_logical_constraint(up("wi"), act_BLF))
+    h_BLF = nn.with_logical_constraint(h_BLF, act_BLF)
+    y_BLD = Einsum((f, d), ("mlp", "embed"), "blf,fd->bld",
+                   fan_in_init(out_proj_scale(cfg)), cfg, name="wo")(h_BLF)
+    return nn.with_logical_constraint(y_BLD, BLD)
+
+
+class Embed(nn.Module):
+  """Token table [V, D]: lookup for inputs, and `attend` for tied output logits.
+
+  Init std is 1/sqrt(D): with a final norm giving unit-RMS features, tied logits
+  then start ~N(0, 1) instead of ~N(0, D) with a unit-variance table.
+  """
+  cfg: ModelConfig
+  num_embeddings: int
+  names: tuple = ("vocab", "embed")
+
+  def setup(self):
+    init = nn.initializers.variance_scaling(1.0, "fan_in", "truncated_normal",
+                                            in_axis=1, out_axis=0)
+    self.embedding = self.param(
+        "embedding", nn.with_logical_partitioning(init, self.names),
+        (self.num_embeddings, self.cfg.d_model), param_dtype(self.cfg))
+
+  def __call__(self, ids_BL):
+    x_BLD = jnp.take(self.embedding, ids_BL, axis=0).astype(compute_dtype(self.cfg))
+    return nn.with_logical_constraint(x_BLD, BLD)
+
+  def attend(self, x_BLD):
+    """Logits x @ table^T, accumulated and returned in float32."""
+    dtype = compute_dtype(self.cfg)
+    return jnp.einsum("bld,vd->blv", x_BLD.astype(dtype), self.embedding.astype(dtype),
+                      preferred_element_type=jnp.float32)

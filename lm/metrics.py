@@ -1,0 +1,84 @@
+"""FLOPs accounting and metric writers (metrics.jsonl + TensorBoard events).
+
+FLOPs per trained token (one documented formula, used by every report):
+
+    flops_per_token = 6 * (N_matmul + d_model * vocab) + 6 * n_layers * T * d_attn
+
+* `N_matmul` = parameters of the per-layer matrix multiplies (Q, K, V, O and the
+  MLP); norms, biases and the embedding lookup are ignored (they are not matmuls).
+* `d_model * vocab` is the output projection (tied or not: it is a matmul either way).
+* 6 = 2 (multiply-add) x 3 (forward + backward for inputs and weights).
+* Attention scores and the weighted sum cost 2 * 2 * T * d_attn per token and layer
+  in the forward pass for full attention over T keys (d_attn = heads * head_dim);
+  causal attention only computes the lower triangle, counted once: T/2 keys on
+  average, so forward + backward is 3 * 4 * (T/2) * d_attn = 6 * T * d_attn.
+"""
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+from lm.config import ModelConfig
+
+
+def matmul_params(cfg: ModelConfig) -> int:
+  d, h, g, k = cfg.d_model, cfg.num_heads, cfg.kv_heads, cfg.resolved_head_dim
+  attention = d * h * k + 2 * d * g * k + h * k * d
+  mlp = (3 if cfg.mlp_activation == "swiglu" else 2) * d * cfg.mlp_dim
+  return cfg.num_layers * (attention + mlp)
+
+
+def flops_per_token(cfg: ModelConfig, seq_len: int) -> float:
+  """Training FLOPs per token (see module docstring)."""
+  dense = 6 * (matmul_params(cfg) + cfg.d_model * cfg.vocab_size)
+  attention = 6 * cfg.num_layers * seq_len * cfg.num_heads * cfg.resolved_head_dim
+  return float(dense + attention)
+
+
+class MetricsWriter:
+  """Appends one JSON object per record to metrics.jsonl and mirrors scalars to TensorBoard.
+
+  Only the process that owns the WORKDIR (process 0) writes; others get a no-op writer.
+  """
+
+  def __init__(self, workdir: str, enabled: bool = True):
+    self.enabled = enabled
+    self.path = os.path.join(workdir, "metrics.jsonl")
+    self._tb = None
+    if enabled:
+      from tensorboardX import SummaryWriter  # no TensorFlow import: starts fast
+      self._tb = SummaryWriter(logdir=os.path.join(workdir, "tensorboard"), flush_secs=30)
+
+  def write(self, record: dict[str, Any]) -> None:
+    if not self.enabled:
+      return
+    with open(self.path, "a") as f:
+      f.write(json.dumps(record, sort_keys=True) + "\n")
+    split, step = record.get("split", "train"), int(record["step"])
+    for key, value in record.items():
+      if key not in ("step", "split") and isinstance(value, (int, float)):
+        self._tb.add_scalar(f"{split}/{key}", value, step)
+
+  def truncate_after(self, step: int) -> None:
+    """On resume, drop records past the restored checkpoint: the run recomputes them exactly."""
+    if not self.enabled or not os.path.exists(self.path):
+      return
+    with open(self.path) as f:
+      kept = [line for line in f if line.strip() and json.loads(line)["step"] <= step]
+    tmp = self.path + ".tmp"
+    with open(tmp, "w") as f:
+      f.writelines(kept)
+    os.replace(tmp, self.path)
+
+  def close(self) -> None:
+    if self._tb is not None:
+      self._tb.close()
+
+
+def read_metrics(workdir: str) -> list[dict]:
+  path = os.path.join(workdir, "metrics.jsonl")
+  if not os.path.exists(path):
+    return []
+  with open(path) as f:
+    return [json.loads(line) for line in f if line.strip()]
