@@ -7,6 +7,8 @@ Starting the same command again resumes from the newest checkpoint in WORKDIR.
 """
 from __future__ import annotations
 
+import os
+import signal
 import sys
 import time
 
@@ -31,6 +33,27 @@ def format_record(r: dict) -> str:
           f"{r['tokens_per_s']:,.0f} tok/s  ETA {time.strftime('%M:%S', time.gmtime(eta))}")
 
 
+def _fault_injection():
+  """LM_FAULT_KILL_AFTER_STEP=N: SIGKILL this process after step N once a checkpoint is on disk.
+
+  For testing that a run killed like a preempted job resumes exactly.
+  """
+  kill_at = os.environ.get("LM_FAULT_KILL_AFTER_STEP")
+  if not kill_at:
+    return None
+
+  def after_step(step):
+    if step != int(kill_at):
+      return
+    ckpt_dir = os.path.join(_WORKDIR.value, "checkpoints")
+    deadline = time.time() + 60
+    while time.time() < deadline and not any(d.isdigit() for d in os.listdir(ckpt_dir)):
+      time.sleep(0.05)
+    os.kill(os.getpid(), signal.SIGKILL)
+
+  return after_step
+
+
 def main(argv):
   del argv
   from lm.config import ConfigError
@@ -40,7 +63,7 @@ def main(argv):
     print(format_record(record), flush=True)
 
   try:
-    summary = train(_CONFIG.value, _WORKDIR.value, progress=progress)
+    summary = train(_CONFIG.value, _WORKDIR.value, progress=progress, after_step=_fault_injection())
   except ConfigError as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)

@@ -47,13 +47,13 @@ class Einsum(nn.Module):
   shape: Sequence[int]
   names: Sequence[str]
   spec: str
-  init: Callable
+  kernel_init: Callable
   cfg: ModelConfig
 
   @nn.compact
   def __call__(self, x):
     kernel = self.param(
-        "kernel", nn.with_logical_partitioning(self.init, tuple(self.names)),
+        "kernel", nn.with_logical_partitioning(self.kernel_init, tuple(self.names)),
         tuple(self.shape), param_dtype(self.cfg))
     dtype = compute_dtype(self.cfg)
     return jnp.einsum(self.spec, x.astype(dtype), kernel.astype(dtype))

@@ -171,8 +171,12 @@ def evaluate(eval_fn: Callable, params: Any, batches: list[dict], mesh) -> dict:
 
 def train(cfg: ml_collections.ConfigDict, workdir: str,
           progress: Callable[[dict], None] | None = None,
-          devices: Sequence[jax.Device] | None = None) -> dict:
-  """Run (or resume) the configured job in WORKDIR; returns the last train and eval records."""
+          devices: Sequence[jax.Device] | None = None,
+          after_step: Callable[[int], None] | None = None) -> dict:
+  """Run (or resume) the configured job in WORKDIR; returns the last train and eval records.
+
+  `after_step(step)` runs on the host after each step is dispatched (fault injection, tests).
+  """
   from lm.data import build_data  # tfds imports are heavy: only when training
 
   devices = list(devices if devices is not None else jax.devices())
@@ -269,6 +273,8 @@ def train(cfg: ml_collections.ConfigDict, workdir: str,
           pending = None
         ckpt.save(done, state, {"data": data.train.get_state(), "wall_s": wall_offset + time.perf_counter() - t0,
                                 "model": dataclasses.asdict(model_cfg)})
+      if after_step is not None:
+        after_step(done)
     if pending is not None:
       flush(pending, time.perf_counter())
   ckpt.close()
