@@ -143,7 +143,10 @@ class Embed(nn.Module):
         (self.num_embeddings, self.cfg.d_model), param_dtype(self.cfg))
 
   def __call__(self, ids_BL):
-    x_BLD = jnp.take(self.embedding, ids_BL, axis=0).astype(compute_dtype(self.cfg))
+    # Gather from a table whose feature axis is whole (FSDP gathers params before use
+    # anyway): a gather out of an embed-sharded table makes XLA replicate the result.
+    table = nn.with_logical_constraint(self.embedding, (self.names[0], None))
+    x_BLD = jnp.take(table, ids_BL, axis=0).astype(compute_dtype(self.cfg))
     return nn.with_logical_constraint(x_BLD, BLD)
 
   def attend(self, x_BLD):

@@ -130,7 +130,8 @@ def init_train_state(model: nn.Module, tx: optax.GradientTransformation, mesh: j
   rng = jax.random.key(seed)
   abstract_boxed = jax.eval_shape(boxed_params, rng)
   param_sh = nn.logical_to_mesh_sharding(nn.get_partition_spec(abstract_boxed), mesh, rules)
-  abstract_params = nn.unbox(abstract_boxed)
+  abstract_params = jax.tree.map(lambda b: b.unbox(apply_constraint=False), abstract_boxed,
+                                 is_leaf=lambda x: isinstance(x, nn.meta.AxisMetadata))
   abstract_opt = jax.eval_shape(tx.init, abstract_params)
   repl = sharding.replicated(mesh)
   opt_sh = optax.tree_map_params(tx, lambda _, s: s, abstract_opt, param_sh,
