@@ -3,6 +3,7 @@ import os
 
 import numpy as np
 import pytest
+import tensorflow_datasets as tfds
 
 from lm import config
 from lm.data import DataBundle, build_data, synthetic
@@ -85,3 +86,13 @@ def test_config_errors_come_before_any_work(tmp_path, field, value, count, match
   data_dir = tmp_path / "data"
   assert not data_dir.exists() or not any(
       p.name in ("synthetic_corpus", "text_files", "tokenizers") for p in data_dir.iterdir())
+
+
+def test_build_registered_dataset_offline(tmp_path):
+  cfg = _cfg(tmp_path)
+  cfg.data.dataset = "lm1b"
+  with tfds.testing.mock_data(num_examples=30):
+    bundle = build_data(cfg)
+  assert bundle.metadata == {}
+  assert next(bundle.train)["weights"].all()
+  assert os.path.basename(bundle.tokenizer.model_path).startswith("lm1b_train_v320_n200")

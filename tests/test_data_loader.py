@@ -133,3 +133,8 @@ def test_eval_batches_are_fixed_ordered_and_padded(tok):
   assert [len(p) for p in parts] == [n, n, n]
   assert stream_documents(parts[1], tok.eos_id) == [_ids(tok, t) for t in DOCS[1::3]]
   assert len(loader.eval_batches(DOCS, tok, 32, 4, 0)) == 0
+
+
+def test_eval_on_a_process_without_documents(tok):
+  (batch,) = loader.eval_batches(DOCS[:2], tok, 16, 2, 1, process_index=2, process_count=3)
+  assert batch["weights"].sum() == 0

@@ -123,11 +123,11 @@ class PackedLoader:
             f"{mine[key]!r}: resume with the same data, data.shuffle_seed and process "
             "count, or start a new run.")
     epoch, doc, offset = int(state["epoch"]), int(state["doc"]), int(state["offset"])
-    if epoch != self._epoch:
-      self._shard = self._epoch_shard(epoch)
-    if not 0 <= doc < len(self._shard) or offset < 0:
+    shard = self._shard if epoch == self._epoch else self._epoch_shard(epoch)
+    if not 0 <= doc < len(shard) or offset < 0:
       raise ValueError(f"data iterator state is out of range: {state}")
-    self._epoch, self._doc, self._offset, self._ids = epoch, doc, offset, None
+    self._shard, self._epoch, self._doc, self._offset, self._ids = (
+        shard, epoch, doc, offset, None)
 
 
 def eval_batches(docs: Sequence[str], tokenizer, seq_len: int, batch_size: int,

@@ -16,8 +16,9 @@ FILE_FORMAT = "array_record"  # random access for tfds.data_source and grain
 class QuietBuilderMixin:
   """Local-builder fixes: log instead of printing banners; a plain code path."""
 
-  # tfds locates a builder's files through its top-level package; while `lm` is
-  # a namespace package that path needs the uninstalled `importlib_resources`.
+  # tfds finds a builder's files through its top-level package, which needs the
+  # uninstalled `importlib_resources` if that is a namespace package (no
+  # __init__.py, as `lm` was at first); the module's file path always works.
   @tfds_utils.classproperty
   @classmethod
   def code_path(cls) -> epath.Path:
