@@ -12,7 +12,7 @@ import signal
 import sys
 import time
 
-from absl import app, flags
+from absl import app, flags, logging
 from ml_collections import config_flags
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file (experiments/configs/*.py).")
@@ -56,6 +56,8 @@ def _fault_injection():
 
 def main(argv):
   del argv
+  if not flags.FLAGS["verbosity"].present:  # orbax and tfds log every step at INFO
+    logging.set_verbosity(logging.WARNING)
   from lm.config import ConfigError
   from lm.train import train
 

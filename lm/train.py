@@ -234,9 +234,14 @@ def train(cfg: ml_collections.ConfigDict, workdir: str,
       if progress is not None:
         progress(record)
 
-    def flush(pending, now) -> None:
-      step, metrics, t_prev, step_prev = pending
+    clock = {"t": t0, "step": start_step}  # when the last fetched step was known to be done
+
+    def flush(pending) -> None:
+      step, metrics = pending
       m = {k: float(v) for k, v in jax.device_get(metrics).items()}
+      now = time.perf_counter()  # after the fetch: dispatch is asynchronous
+      t_prev, step_prev = clock["t"], clock["step"]
+      clock.update(t=now, step=step)
       if not math.isfinite(m["loss"]):
         raise TrainingDiverged(
             f"loss is {m['loss']} at step {step}; the last good checkpoint is step {ckpt.latest_step()}. "
@@ -248,36 +253,35 @@ def train(cfg: ml_collections.ConfigDict, workdir: str,
             "wall_s": wall_offset + now - t0, "total_steps": cfg.train.num_steps,
             "num_params": init.num_params})
 
-    pending, t_log, step_log = None, t0, start_step
+    pending = None
     for step in range(start_step, cfg.train.num_steps):
       batch = sharding.put_batch(next(data.train), mesh)
       state, metrics = step_fn(state, batch)
       done = step + 1
-      now = time.perf_counter()
       if pending is not None:  # step n-1's metrics, fetched after step n was dispatched
-        flush(pending, now)
+        flush(pending)
         pending = None
       if done % cfg.train.log_every == 0 or done == cfg.train.num_steps:
-        pending, t_log, step_log = (done, metrics, t_log, step_log), now, done
+        pending = (done, metrics)
       if done % cfg.train.eval_every == 0 or done == cfg.train.num_steps:
         if pending is not None:
-          flush(pending, time.perf_counter())
+          flush(pending)
           pending = None
         ev = evaluate(eval_fn, state.params, data.eval_batches, mesh)
         tokens = done * tokens_per_step
         emit({"step": done, "split": "eval", **ev, "tokens_seen": tokens, "flops_seen": tokens * flops_tok,
               "wall_s": wall_offset + time.perf_counter() - t0, **data.metadata})
-        t_log = time.perf_counter()
+        clock.update(t=time.perf_counter(), step=done)  # eval time is not training throughput
       if done % cfg.train.checkpoint_every == 0 or done == cfg.train.num_steps:
         if pending is not None:  # never checkpoint a diverged state
-          flush(pending, time.perf_counter())
+          flush(pending)
           pending = None
         ckpt.save(done, state, {"data": data.train.get_state(), "wall_s": wall_offset + time.perf_counter() - t0,
                                 "model": dataclasses.asdict(model_cfg)})
       if after_step is not None:
         after_step(done)
     if pending is not None:
-      flush(pending, time.perf_counter())
+      flush(pending)
   ckpt.close()
   writer.close()
   return {"train": last["train"], "eval": last["eval"], "num_params": init.num_params,
