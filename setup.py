@@ -22,6 +22,7 @@ setup(
         "tensorboard>=2.21,<3",
         "tensorboardX>=2.6",
         "numpy>=2.0,<3",
+        "matplotlib>=3.8",
     ],
     extras_require={
         "test": ["pytest>=8", "pytest-xdist>=3.6"],

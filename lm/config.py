@@ -65,6 +65,7 @@ def base_config() -> ml_collections.ConfigDict:
   """Every field a run may set, with its default. Experiment files override these."""
   c = ml_collections.ConfigDict()
   c.seed = 0
+  c.objective = "clm"  # see lm/objectives.py
   c.model = _model_defaults()
 
   c.data = ml_collections.ConfigDict()
@@ -102,6 +103,11 @@ def base_config() -> ml_collections.ConfigDict:
   c.train.eval_batches = 8
   c.train.checkpoint_every = 100
   c.train.keep_checkpoints = 3
+  c.train.grad_accum_steps = 1  # microbatches per step; the effective batch stays train.batch_size
+  c.train.nonfinite = "stop"  # NaN/Inf loss or gradient: "stop" (error, last good checkpoint kept) | "skip" the step
+  c.train.peak_flops_per_device = 0.0  # for MFU; 0 = datasheet table (accelerators) or a measured matmul (CPU)
+  c.train.log_layer_norms = False  # also log per-layer parameter and gradient norms
+  c.train.debug_nan_step = -1  # fault injection for tests: make the loss NaN at this step
 
   c.mesh = ml_collections.ConfigDict()
   c.mesh.data = -1  # -1: the rest of the devices
@@ -145,6 +151,7 @@ RESUMABLE_FIELDS = frozenset({
     "train.num_steps", "train.log_every", "train.eval_every", "train.eval_batches",
     "train.checkpoint_every", "train.keep_checkpoints",
     "mesh.data", "mesh.fsdp", "mesh.tensor", "data.data_dir",
+    "model.scan_layers", "model.remat_policy", "train.log_layer_norms", "train.peak_flops_per_device",
 })
 
 
@@ -170,6 +177,9 @@ def validate(cfg: ml_collections.ConfigDict, num_devices: int, process_count: in
   from lm.models import validate_model_config  # models import config: import late
   from lm.sharding import resolve_mesh_shape
 
+  from lm.objectives import get_objective
+
+  get_objective(cfg.objective)
   model = ModelConfig.from_config(cfg.model)
   validate_model_config(model)
   for f in ("train.batch_size", "train.num_steps", "train.learning_rate", "train.log_every",
