@@ -17,7 +17,14 @@ from ml_collections import config_flags
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file (experiments/configs/*.py).")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory (config, metrics, checkpoints).")
-flags.mark_flags_as_required(["config", "workdir"])
+_DRY_RUN = flags.DEFINE_bool("dry_run", False, "Compile the train step for the mesh and report memory; no training.")
+_DEVICE_MEMORY_GB = flags.DEFINE_float("device_memory_gb", 0.0, "With --dry_run: say whether it fits in this much.")
+_PROFILE_STEPS = flags.DEFINE_string("profile_steps", "", "START,STOP: write a jax.profiler trace to WORKDIR/profile.")
+_COORDINATOR = flags.DEFINE_string("coordinator_address", None, "Multi-process: host:port of process 0.")
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Multi-process: how many processes.")
+_PROCESS_ID = flags.DEFINE_integer("process_id", None, "Multi-process: this process's index.")
+_HEARTBEAT = flags.DEFINE_integer("heartbeat_timeout_s", 20, "Multi-process: a dead peer ends the run after this.")
+flags.mark_flags_as_required(["config"])
 
 
 def format_record(r: dict) -> str:
@@ -56,19 +63,39 @@ def _fault_injection():
 
 def main(argv):
   del argv
+  import jax
   if not flags.FLAGS["verbosity"].present:  # orbax and tfds log every step at INFO
     logging.set_verbosity(logging.WARNING)
+  from lm import distributed
   from lm.config import ConfigError
-  from lm.train import train
-
-  def progress(record):
-    print(format_record(record), flush=True)
 
   try:
-    summary = train(_CONFIG.value, _WORKDIR.value, progress=progress, after_step=_fault_injection())
+    distributed.initialize(distributed.DistributedSettings(
+        coordinator_address=_COORDINATOR.value, num_processes=_NUM_PROCESSES.value,
+        process_id=_PROCESS_ID.value, heartbeat_timeout_s=_HEARTBEAT.value))
+    if _DRY_RUN.value:
+      from lm.dry_run import dry_run, format_report
+      print(format_report(dry_run(_CONFIG.value, device_memory_gb=_DEVICE_MEMORY_GB.value)))
+      return
+    if not _WORKDIR.value:
+      raise ConfigError("--workdir is required: the run directory for config, metrics and checkpoints.")
+    from lm.train import train
+
+    def progress(record):
+      if jax.process_index() == 0:
+        print(format_record(record), flush=True)
+
+    profile = tuple(int(x) for x in _PROFILE_STEPS.value.split(",")) if _PROFILE_STEPS.value else None
+    if profile is not None and (len(profile) != 2 or profile[0] >= profile[1]):
+      raise ConfigError(f"--profile_steps={_PROFILE_STEPS.value!r} must be START,STOP with START < STOP.")
+    summary = train(_CONFIG.value, _WORKDIR.value, progress=progress, after_step=_fault_injection(),
+                    profile_steps=profile)
   except ConfigError as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)
+  if summary["preempted"]:
+    print(f"preempted: checkpoint saved in {summary['workdir']}; run the same command to resume")
+    return
   print(f"done: {summary['workdir']} ({summary['num_params']:,} parameters)")
 
 

@@ -22,7 +22,7 @@ class ConfigError(ValueError):
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
   """Hashable model hyper-parameters (Flax modules take this as an attribute)."""
-  family: str = "decoder"  # "decoder" (GPT-style causal LM)
+  family: str = "decoder"  # "decoder" (GPT-style; prefix-LM too) | "encoder" (BERT) | "encoder_decoder" (T5)
   vocab_size: int = 512
   d_model: int = 128
   num_layers: int = 2
@@ -42,6 +42,14 @@ class ModelConfig:
   remat_policy: str = "none"  # "none" | "full" | "dots_saveable" | "save_attention_out"
   dtype: str = "float32"  # compute dtype
   param_dtype: str = "float32"
+  # Families beyond the decoder (lm/bert.py, lm/encoder_decoder.py). Defaults keep the decoder as it was.
+  norm_placement: str = "pre"  # "pre": x + f(norm(x)) | "post": norm(x + f(x)) (original Transformer/BERT)
+  use_bias: bool = False  # biases on every projection (BERT)
+  embed_norm: bool = False  # a norm right after the embeddings (BERT)
+  type_vocab_size: int = 0  # token-type (segment A/B) embeddings; 0 = none, BERT uses 2
+  num_decoder_layers: int = 0  # encoder_decoder: decoder depth; 0 means num_layers
+  relative_attention_num_buckets: int = 32  # position="relative" (T5 bucketed bias)
+  relative_attention_max_distance: int = 128
 
   @property
   def kv_heads(self) -> int:
@@ -79,7 +87,20 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.eval_fraction = 0.05  # dataset="text": documents held out for validation
   c.data.seq_len = 128
   c.data.shuffle_seed = 0
+  # "rows": every process packs the global batch and keeps its rows, so batches (and losses)
+  # do not depend on the process count; "documents": each process packs its own share of the
+  # documents (tokenization scales with processes, order depends on the process count).
+  c.data.process_sharding = "rows"
   c.data.tokenizer_docs = 20000  # documents of the train split used to train the tokenizer
+  # Per-objective preprocessing (lm/data/mlm.py, spans.py, prefix.py).
+  c.data.mlm_rate = 0.15  # mlm, mlm_nsp: fraction of non-special tokens selected for prediction
+  c.data.mlm_mask_fraction = 0.8  # of those: replaced by <mask>; mlm_random_fraction: a random token; rest unchanged
+  c.data.mlm_random_fraction = 0.1
+  c.data.nsp_loss_weight = 1.0  # mlm_nsp: loss = mlm_loss + nsp_loss_weight * nsp_loss
+  c.data.noise_density = 0.15  # span_corruption: fraction of tokens in noise spans
+  c.data.mean_span_length = 3.0  # span_corruption: mean noise span length
+  c.data.target_seq_len = 0  # encoder-decoder decoder row length; 0 = auto (span_corruption: what the noise needs; seq2seq: seq_len)
+  c.data.prefix_fraction = 0.0  # prefix_lm, seq2seq: prefix share of each example; 0 = uniform random split point
   c.data.synthetic = ml_collections.ConfigDict()
   c.data.synthetic.seed = 0
   c.data.synthetic.num_words = 48

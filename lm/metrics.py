@@ -82,3 +82,57 @@ def read_metrics(workdir: str) -> list[dict]:
     return []
   with open(path) as f:
     return [json.loads(line) for line in f if line.strip()]
+
+
+# Dense bf16 datasheet peaks per chip (FLOP/s), matched against jax's device_kind.
+PEAK_FLOPS = {
+    "TPU v4": 275e12,
+    "TPU v5 lite": 197e12,
+    "TPU v5e": 197e12,
+    "TPU v5p": 459e12,
+    "TPU v5": 459e12,
+    "TPU v6 lite": 918e12,
+    "TPU v6e": 918e12,
+    "H100": 989e12,
+    "H200": 989e12,
+    "H800": 989e12,
+    "A100": 312e12,
+    "L4": 121e12,
+}
+
+
+def measure_matmul_flops(n: int = 1024, repeats: int = 5) -> float:
+  """FLOP/s of a large f32 matmul on the default device (the CPU peak we report MFU against)."""
+  import time
+
+  import jax
+  import jax.numpy as jnp
+
+  a = jnp.ones((n, n), jnp.float32)
+  f = jax.jit(lambda x: x @ x)
+  f(a).block_until_ready()
+  best = float("inf")
+  for _ in range(repeats):
+    t = time.perf_counter()
+    f(a).block_until_ready()
+    best = min(best, time.perf_counter() - t)
+  return 2 * n ** 3 / best
+
+
+def peak_flops(devices, override_per_device: float = 0.0) -> tuple[float, str]:
+  """Peak FLOP/s of the whole run and where the number comes from.
+
+  Accelerators: datasheet table per chip x chips. CPU: one matmul measurement for the
+  host (fake CPU devices share the same cores), times the number of processes.
+  """
+  import jax
+
+  if override_per_device > 0:
+    return override_per_device * len(devices), "config"
+  kind = devices[0].device_kind
+  if devices[0].platform != "cpu":
+    for name, value in PEAK_FLOPS.items():
+      if name.lower() in kind.lower():
+        return value * len(devices), f"datasheet ({name})"
+    return 0.0, f"unknown device kind {kind!r}: set train.peak_flops_per_device"
+  return measure_matmul_flops() * jax.process_count(), "measured f32 matmul"

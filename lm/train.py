@@ -1,9 +1,13 @@
-"""Train state, step functions and the training loop, callable as a library.
+"""The training loop, callable as a library.
 
 `train(cfg, workdir)` runs one configured job end to end: validate, build data,
-initialise sharded parameters under `jax.jit`, resume from the newest checkpoint
-in WORKDIR if there is one, then train, evaluate, log and checkpoint. Nothing
-here parses flags or prints; `progress` receives every logged record.
+initialise sharded parameters under `jax.jit`, resume from the newest readable
+checkpoint in WORKDIR, then train, evaluate, log and checkpoint. Nothing here
+parses flags or prints; `progress` receives every logged record.
+
+Host habits: the step is dispatched before step n-1's metrics are fetched, so
+the host never waits on the device inside the loop except at log, eval and
+checkpoint points.
 """
 from __future__ import annotations
 
@@ -12,10 +16,11 @@ import logging
 import math
 import os
 import shutil
+import signal
+import threading
 import time
 from typing import Any, Callable, Sequence
 
-import flax
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -23,92 +28,22 @@ import ml_collections
 import numpy as np
 import optax
 
-from lm import sharding
+from lm import layout, sharding
 from lm.checkpoint import Checkpointer
-from lm.config import ConfigError, ModelConfig, validate
-from lm.metrics import MetricsWriter, flops_per_token
-from lm.models import DecoderLM
+from lm.config import ConfigError, ModelConfig, config_diff, validate
+from lm.metrics import MetricsWriter, flops_per_token, peak_flops
+from lm.objectives import get_objective
+from lm.steps import TrainState, make_eval_step, make_optimizer, make_train_step, track_nonfinite
 from lm.workdir import check_existing_config, write_run_files
 
 log = logging.getLogger(__name__)
-BATCH_KEYS = ("inputs", "targets", "segment_ids", "positions", "weights")
+
+# Model fields that may differ between a checkpoint and the model restoring it.
+LAYOUT_ONLY_MODEL_FIELDS = frozenset({"scan_layers", "remat_policy", "dtype"})
 
 
 class TrainingDiverged(RuntimeError):
-  """The loss became NaN or Inf; the last good checkpoint is kept."""
-
-
-@flax.struct.dataclass
-class TrainState:
-  step: jax.Array
-  params: Any
-  opt_state: Any
-
-
-def make_optimizer(train_cfg: Any) -> tuple[optax.GradientTransformation, optax.Schedule]:
-  """AdamW with linear warmup then cosine decay, global-norm clipping, no decay on vectors."""
-  schedule = optax.warmup_cosine_decay_schedule(
-      init_value=0.0, peak_value=train_cfg.learning_rate, warmup_steps=train_cfg.warmup_steps,
-      decay_steps=max(train_cfg.num_steps, train_cfg.warmup_steps + 1),
-      end_value=train_cfg.learning_rate * train_cfg.min_lr_ratio)
-  decay_mask = lambda params: jax.tree.map(lambda p: p.ndim >= 2, params)
-  parts = []
-  if train_cfg.grad_clip > 0:
-    parts.append(optax.clip_by_global_norm(train_cfg.grad_clip))
-  parts.append(optax.adamw(schedule, b1=train_cfg.b1, b2=train_cfg.b2,
-                           weight_decay=train_cfg.weight_decay, mask=decay_mask))
-  return optax.chain(*parts), schedule
-
-
-def token_losses(logits_BLV: jax.Array, targets_BL: jax.Array) -> jax.Array:
-  """Per-token negative log-likelihood in nats, computed in float32."""
-  return optax.softmax_cross_entropy_with_integer_labels(logits_BLV.astype(jnp.float32), targets_BL)
-
-
-def _apply(model, params, batch, *, deterministic: bool, dropout_rng=None):
-  rngs = None if deterministic else {"dropout": dropout_rng}
-  return model.apply({"params": params}, batch["inputs"], batch["positions"], batch["segment_ids"],
-                     deterministic=deterministic, rngs=rngs)
-
-
-def make_train_step(model: nn.Module, tx: optax.GradientTransformation, schedule: optax.Schedule,
-                    seed: int) -> Callable:
-  dropout_key = jax.random.key(seed + 1)
-
-  def train_step(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
-    rng = jax.random.fold_in(dropout_key, state.step)
-    weights = batch["weights"]
-    num_tokens = jnp.maximum(weights.sum(), 1.0)
-
-    def loss_fn(params):
-      logits = _apply(model, params, batch, deterministic=model.cfg.dropout_rate == 0, dropout_rng=rng)
-      return (token_losses(logits, batch["targets"]) * weights).sum() / num_tokens
-
-    loss, grads = jax.value_and_grad(loss_fn)(state.params)
-    updates, opt_state = tx.update(grads, state.opt_state, state.params)
-    params = optax.apply_updates(state.params, updates)
-    metrics = {
-        "loss": loss,
-        "grad_norm": optax.global_norm(grads),
-        "param_norm": optax.global_norm(params),
-        "learning_rate": schedule(state.step),
-    }
-    return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
-
-  return train_step
-
-
-def make_eval_step(model: nn.Module, token_bytes: np.ndarray) -> Callable:
-  """Sums over one batch: nats, target tokens, and the bytes those tokens decode to."""
-  token_bytes = jnp.asarray(token_bytes, jnp.float32)
-
-  def eval_step(params: Any, batch: dict) -> dict:
-    logits = _apply(model, params, batch, deterministic=True)
-    w = batch["weights"]
-    nll = token_losses(logits, batch["targets"])
-    return {"nll": (nll * w).sum(), "tokens": w.sum(), "bytes": (token_bytes[batch["targets"]] * w).sum()}
-
-  return eval_step
+  """The loss or gradient became NaN/Inf; the last good checkpoint is kept."""
 
 
 @dataclasses.dataclass
@@ -118,33 +53,74 @@ class Initialised:
   num_params: int
 
 
-def init_train_state(model: nn.Module, tx: optax.GradientTransformation, mesh: jax.sharding.Mesh,
-                     rules: Sequence, seq_len: int, seed: int) -> Initialised:
-  """Parameters and optimizer state created directly in their shardings (never whole on a host)."""
-  dp = sharding.data_parallel_size(mesh)
-  tokens = jnp.zeros((dp, seq_len), jnp.int32)
-
-  def boxed_params(rng):
-    return model.init({"params": rng}, tokens, deterministic=True)["params"]
-
+def abstract_train_state(objective, model, tx, mesh, rules, seq_len: int, seed: int):
+  """(abstract state, state shardings, abstract boxed params) without allocating anything."""
+  batch = objective.init_batch(sharding.data_parallel_size(mesh), seq_len)
   rng = jax.random.key(seed)
-  abstract_boxed = jax.eval_shape(boxed_params, rng)
+  boxed = lambda r: objective.init_params(model, r, batch)
+  abstract_boxed = jax.eval_shape(boxed, rng)
   param_sh = nn.logical_to_mesh_sharding(nn.get_partition_spec(abstract_boxed), mesh, rules)
   abstract_params = jax.tree.map(lambda b: b.unbox(apply_constraint=False), abstract_boxed,
                                  is_leaf=lambda x: isinstance(x, nn.meta.AxisMetadata))
   abstract_opt = jax.eval_shape(tx.init, abstract_params)
   repl = sharding.replicated(mesh)
-  opt_sh = optax.tree_map_params(tx, lambda _, s: s, abstract_opt, param_sh,
-                                 transform_non_params=lambda _: repl)
+  opt_sh = optax.tree_map_params(tx, lambda _, s: s, abstract_opt, param_sh, transform_non_params=lambda _: repl)
   state_sh = TrainState(step=repl, params=param_sh, opt_state=opt_sh)
+  abstract = TrainState(step=jax.ShapeDtypeStruct((), jnp.int32), params=abstract_params, opt_state=abstract_opt)
+  abstract = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, state_sh)
+  return abstract, state_sh, (boxed, rng)
 
-  def init(rng):
-    params = nn.unbox(boxed_params(rng))
+
+def init_train_state(objective, model, tx, mesh, rules, seq_len: int, seed: int) -> Initialised:
+  """Parameters and optimizer state created directly in their shardings (never whole on a host)."""
+  abstract, state_sh, (boxed, rng) = abstract_train_state(objective, model, tx, mesh, rules, seq_len, seed)
+
+  def init(r):
+    params = nn.unbox(boxed(r))
     return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
 
   state = jax.jit(init, out_shardings=state_sh)(rng)
-  num_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(abstract_params))
+  num_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(abstract.params))
   return Initialised(state=state, shardings=state_sh, num_params=num_params)
+
+
+def check_checkpoint_model(meta: dict, model_cfg: ModelConfig, where: str) -> None:
+  """Refuse a checkpoint of another model, listing the fields that differ."""
+  saved = meta.get("model")
+  if saved is None:
+    return
+  diff = {k: v for k, v in config_diff(saved, dataclasses.asdict(model_cfg)).items()
+          if k not in LAYOUT_ONLY_MODEL_FIELDS}
+  if diff:
+    lines = "\n".join(f"  model.{k}: {a!r} in the checkpoint, {b!r} now" for k, (a, b) in diff.items())
+    raise ConfigError(f"the checkpoint in {where} is of a different model:\n{lines}\n"
+                      "Use the checkpoint's model config, or a new --workdir.")
+
+
+def restore_checkpoint(ckpt: Checkpointer, state: TrainState, model_cfg: ModelConfig):
+  """Newest readable checkpoint onto `state`'s shardings, in this model's layer layout.
+
+  A step that cannot be read (partial copy, corrupt file) is skipped with a warning.
+  """
+  target = layout.storage_abstract(jax.tree.map(
+      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), state),
+      model_cfg.scan_layers, model_cfg.num_layers)
+  for step in reversed(ckpt.all_steps()):
+    try:
+      meta = ckpt.read_meta(step)
+    except Exception as e:  # unreadable metadata: treat like a corrupt step
+      log.warning("checkpoint step %d has unreadable metadata (%s); trying the previous one", step, e)
+      continue
+    check_checkpoint_model(meta, model_cfg, ckpt.directory)
+    try:
+      stored, meta = ckpt.restore(step, target)
+    except Exception as e:
+      log.warning("checkpoint step %d could not be restored (%s: %s); trying the previous one",
+                  step, type(e).__name__, str(e)[:300])
+      continue
+    restored = layout.from_storage(stored, model_cfg.scan_layers, model_cfg.num_layers)
+    return step, layout.place_like(restored, state), meta
+  return None
 
 
 def _copy_tokenizer(tokenizer, workdir: str) -> None:
@@ -154,29 +130,83 @@ def _copy_tokenizer(tokenizer, workdir: str) -> None:
     os.replace(dst + ".tmp", dst)
 
 
-def evaluate(eval_fn: Callable, params: Any, batches: list[dict], mesh) -> dict:
-  """Eval loss, perplexity and bits per byte over fixed batches (one host sync)."""
+def evaluate(objective, eval_fn: Callable, params: Any, batches: list[dict], mesh) -> dict:
+  """Eval metrics over fixed batches (one host sync at the end)."""
   totals = None
   for b in batches:
     sums = eval_fn(params, sharding.put_batch(b, mesh))
     totals = sums if totals is None else jax.tree.map(jnp.add, totals, sums)
-  totals = {k: float(v) for k, v in jax.device_get(totals).items()}
-  loss = totals["nll"] / max(totals["tokens"], 1.0)
-  return {
-      "loss": loss,
-      "perplexity": math.exp(min(loss, 50.0)),
-      "bits_per_byte": totals["nll"] / math.log(2) / max(totals["bytes"], 1.0),
-      "eval_tokens": totals["tokens"],
-  }
+  if totals is None:
+    return {}
+  return objective.eval_metrics({k: float(v) for k, v in jax.device_get(totals).items()})
+
+
+class RowSlice:
+  """This process's rows of a global-batch loader (resumable like the loader it wraps)."""
+
+  def __init__(self, loader, process_index: int, process_count: int):
+    self.loader, self.index, self.count = loader, process_index, process_count
+
+  def __iter__(self):
+    return self
+
+  def __next__(self) -> dict:
+    return slice_rows(next(self.loader), self.index, self.count)
+
+  def get_state(self) -> dict:
+    return self.loader.get_state()
+
+  def set_state(self, state: dict) -> None:
+    self.loader.set_state(state)
+
+
+def slice_rows(batch: dict, index: int, count: int) -> dict:
+  n = next(iter(batch.values())).shape[0] // count
+  return {k: v[index * n:(index + 1) * n] for k, v in batch.items()}
+
+
+def _build_process_data(build_data, cfg, process_index: int, process_count: int):
+  mode = cfg.data.process_sharding
+  if mode == "documents" or process_count == 1:
+    return build_data(cfg, process_index, process_count)
+  if mode != "rows":
+    raise ConfigError(f"data.process_sharding={mode!r} is not one of: rows, documents.")
+  data = build_data(cfg, 0, 1)
+  data.train = RowSlice(data.train, process_index, process_count)
+  data.eval_batches = [slice_rows(b, process_index, process_count) for b in data.eval_batches]
+  return data
+
+
+class _Preemption:
+  """SIGTERM sets a flag; the loop checkpoints and returns at the next step boundary."""
+
+  def __init__(self):
+    self.requested = False
+    self._previous = None
+
+  def __enter__(self):
+    if threading.current_thread() is threading.main_thread():
+      self._previous = signal.signal(signal.SIGTERM, self._handle)
+    return self
+
+  def _handle(self, signum, frame):
+    self.requested = True
+
+  def __exit__(self, *exc):
+    if self._previous is not None:
+      signal.signal(signal.SIGTERM, self._previous)
 
 
 def train(cfg: ml_collections.ConfigDict, workdir: str,
           progress: Callable[[dict], None] | None = None,
           devices: Sequence[jax.Device] | None = None,
-          after_step: Callable[[int], None] | None = None) -> dict:
-  """Run (or resume) the configured job in WORKDIR; returns the last train and eval records.
+          after_step: Callable[[int], None] | None = None,
+          profile_steps: tuple[int, int] | None = None) -> dict:
+  """Run (or resume) the configured job in WORKDIR; returns a summary with the last records.
 
   `after_step(step)` runs on the host after each step is dispatched (fault injection, tests).
+  `profile_steps=(a, b)` writes a jax.profiler trace of steps a..b-1 to WORKDIR/profile.
+  On SIGTERM the run saves a checkpoint and returns with summary["preempted"] = True.
   """
   from lm.data import build_data  # tfds imports are heavy: only when training
 
@@ -185,11 +215,17 @@ def train(cfg: ml_collections.ConfigDict, workdir: str,
   validate(cfg, len(devices), process_count)
   config_dict = cfg.to_dict()
   check_existing_config(workdir, config_dict)
+  objective = get_objective(cfg.objective)
   model_cfg = ModelConfig.from_config(cfg.model)
   mesh = sharding.make_mesh(cfg.mesh, devices)
   rules = sharding.logical_rules(model_cfg, mesh)
+  ckpt_dir = os.path.join(workdir, "checkpoints")
+  if os.path.isdir(ckpt_dir):  # refuse another model's checkpoints before building anything
+    ckpt_probe = Checkpointer(ckpt_dir, keep=cfg.train.keep_checkpoints)
+    if ckpt_probe.latest_step() is not None:
+      check_checkpoint_model(ckpt_probe.read_meta(ckpt_probe.latest_step()), model_cfg, ckpt_dir)
 
-  data = build_data(cfg, process_index, process_count)
+  data = _build_process_data(build_data, cfg, process_index, process_count)
   if data.tokenizer.vocab_size > model_cfg.vocab_size:
     raise ConfigError(
         f"the tokenizer has {data.tokenizer.vocab_size} tokens but model.vocab_size={model_cfg.vocab_size}; "
@@ -200,32 +236,39 @@ def train(cfg: ml_collections.ConfigDict, workdir: str,
     write_run_files(workdir, config_dict, mesh)
     _copy_tokenizer(data.tokenizer, workdir)
   writer = MetricsWriter(workdir, enabled=is_writer)
-  ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), keep=cfg.train.keep_checkpoints)
+  ckpt = Checkpointer(ckpt_dir, keep=cfg.train.keep_checkpoints)
 
-  model = DecoderLM(model_cfg)
+  model = objective.make_model(model_cfg)
   tx, schedule = make_optimizer(cfg.train)
   seq_len, batch_size = cfg.data.seq_len, cfg.train.batch_size
   flops_tok = flops_per_token(model_cfg, seq_len)
   tokens_per_step = batch_size * seq_len
+  peak, peak_source = peak_flops(devices, cfg.train.peak_flops_per_device)
   batch_sh = sharding.batch_sharding(mesh)
+  policy = cfg.train.nonfinite
+  if policy not in ("stop", "skip"):
+    raise ConfigError(f"train.nonfinite={policy!r} is not one of: stop, skip.")
 
-  with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
-    init = init_train_state(model, tx, mesh, rules, seq_len, cfg.seed)
+  with jax.set_mesh(mesh), nn.logical_axis_rules(rules), _Preemption() as preemption:
+    init = init_train_state(objective, model, tx, mesh, rules, seq_len, cfg.seed)
     state, state_sh = init.state, init.shardings
     wall_offset = 0.0
-    restored = ckpt.restore_latest(state)
+    restored = restore_checkpoint(ckpt, state, model_cfg)
     if restored is not None:
-      start_step, state, meta = restored
+      restored_step, state, meta = restored
       data.train.set_state(meta["data"])
       wall_offset = float(meta.get("wall_s", 0.0))
-      writer.truncate_after(start_step)
+      writer.truncate_after(restored_step)
     start_step = int(jax.device_get(state.step))
 
-    step_fn = jax.jit(make_train_step(model, tx, schedule, cfg.seed),
+    step_fn = jax.jit(make_train_step(objective, model, tx, schedule, cfg.train, cfg.seed),
                       in_shardings=(state_sh, batch_sh), out_shardings=(state_sh, None), donate_argnums=0)
-    eval_fn = jax.jit(make_eval_step(model, data.tokenizer.token_bytes()))
+    eval_fn = jax.jit(make_eval_step(objective, model, data.tokenizer.token_bytes()))
+    track = jax.jit(track_nonfinite, static_argnums=())
+    first_bad, num_bad = jnp.array(-1, jnp.int32), jnp.array(0, jnp.int32)
 
     t0 = time.perf_counter()
+    clock = {"t": t0, "step": start_step}  # when the last fetched step was known to be done
     last = {"train": None, "eval": None}
 
     def emit(record: dict) -> None:
@@ -234,55 +277,76 @@ def train(cfg: ml_collections.ConfigDict, workdir: str,
       if progress is not None:
         progress(record)
 
-    clock = {"t": t0, "step": start_step}  # when the last fetched step was known to be done
+    def save(step: int) -> None:
+      stored = layout.to_storage(state, model_cfg.scan_layers, model_cfg.num_layers)
+      ckpt.save(step, stored, {"data": data.train.get_state(), "wall_s": wall_offset + time.perf_counter() - t0,
+                               "model": dataclasses.asdict(model_cfg), "step": step})
 
     def flush(pending) -> None:
       step, metrics = pending
-      m = {k: float(v) for k, v in jax.device_get(metrics).items()}
+      m, bad, nbad = jax.device_get((metrics, first_bad, num_bad))
+      m = {k: float(v) for k, v in m.items()}
       now = time.perf_counter()  # after the fetch: dispatch is asynchronous
       t_prev, step_prev = clock["t"], clock["step"]
       clock.update(t=now, step=step)
-      if not math.isfinite(m["loss"]):
+      if int(bad) >= 0 and policy == "stop":
         raise TrainingDiverged(
-            f"loss is {m['loss']} at step {step}; the last good checkpoint is step {ckpt.latest_step()}. "
-            "Lower train.learning_rate or raise train.warmup_steps.")
+            f"the loss or gradient is NaN/Inf at step {int(bad)} (that update was not applied); the last good "
+            f"checkpoint is step {ckpt.latest_step()} in {ckpt.directory}. Lower train.learning_rate, raise "
+            "train.warmup_steps or train.grad_clip, or set train.nonfinite=skip to skip such steps.")
       dt = max(now - t_prev, 1e-9)
       tokens = step * tokens_per_step
+      tok_s = (step - step_prev) * tokens_per_step / dt
+      m.pop("nonfinite")
       emit({"step": step, "split": "train", **m, "tokens_seen": tokens, "flops_seen": tokens * flops_tok,
-            "tokens_per_s": (step - step_prev) * tokens_per_step / dt, "step_time_s": dt / (step - step_prev),
-            "wall_s": wall_offset + now - t0, "total_steps": cfg.train.num_steps,
-            "num_params": init.num_params})
+            "tokens_per_s": tok_s, "step_time_s": dt / max(step - step_prev, 1),
+            "mfu": tok_s * flops_tok / peak if peak > 0 else float("nan"),
+            "skipped_steps": int(nbad), "wall_s": wall_offset + now - t0,
+            "total_steps": cfg.train.num_steps, "num_params": init.num_params})
 
-    pending = None
-    for step in range(start_step, cfg.train.num_steps):
-      batch = sharding.put_batch(next(data.train), mesh)
-      state, metrics = step_fn(state, batch)
-      done = step + 1
-      if pending is not None:  # step n-1's metrics, fetched after step n was dispatched
+    try:
+      pending = None
+      preempted = False
+      for step in range(start_step, cfg.train.num_steps):
+        if profile_steps and step == profile_steps[0]:
+          jax.profiler.start_trace(os.path.join(workdir, "profile"))
+        batch = sharding.put_batch(next(data.train), mesh)
+        state, metrics = step_fn(state, batch)
+        done = step + 1
+        first_bad, num_bad = track(first_bad, num_bad, metrics, done)
+        if profile_steps and done == profile_steps[1]:
+          jax.block_until_ready(state)
+          jax.profiler.stop_trace()
+        if pending is not None:  # step n-1's metrics, fetched after step n was dispatched
+          flush(pending)
+          pending = None
+        last_step = done == cfg.train.num_steps
+        if done % cfg.train.log_every == 0 or last_step:
+          pending = (done, metrics)
+        if done % cfg.train.eval_every == 0 or last_step:
+          if pending is not None:
+            flush(pending)
+            pending = None
+          ev = evaluate(objective, eval_fn, state.params, data.eval_batches, mesh)
+          tokens = done * tokens_per_step
+          emit({"step": done, "split": "eval", **ev, "tokens_seen": tokens, "flops_seen": tokens * flops_tok,
+                "wall_s": wall_offset + time.perf_counter() - t0, **data.metadata})
+          clock.update(t=time.perf_counter(), step=done)  # eval time is not training throughput
+        if after_step is not None:
+          after_step(done)
+        if done % cfg.train.checkpoint_every == 0 or last_step or preemption.requested:
+          if pending is not None:  # never checkpoint past a non-finite step unnoticed
+            flush(pending)
+            pending = None
+          save(done)
+        if preemption.requested:
+          preempted = True
+          break
+      if pending is not None:
         flush(pending)
-        pending = None
-      if done % cfg.train.log_every == 0 or done == cfg.train.num_steps:
-        pending = (done, metrics)
-      if done % cfg.train.eval_every == 0 or done == cfg.train.num_steps:
-        if pending is not None:
-          flush(pending)
-          pending = None
-        ev = evaluate(eval_fn, state.params, data.eval_batches, mesh)
-        tokens = done * tokens_per_step
-        emit({"step": done, "split": "eval", **ev, "tokens_seen": tokens, "flops_seen": tokens * flops_tok,
-              "wall_s": wall_offset + time.perf_counter() - t0, **data.metadata})
-        clock.update(t=time.perf_counter(), step=done)  # eval time is not training throughput
-      if done % cfg.train.checkpoint_every == 0 or done == cfg.train.num_steps:
-        if pending is not None:  # never checkpoint a diverged state
-          flush(pending)
-          pending = None
-        ckpt.save(done, state, {"data": data.train.get_state(), "wall_s": wall_offset + time.perf_counter() - t0,
-                                "model": dataclasses.asdict(model_cfg)})
-      if after_step is not None:
-        after_step(done)
-    if pending is not None:
-      flush(pending)
-  ckpt.close()
+    finally:
+      ckpt.close()  # waits for an in-flight save, also when the run stops with an error
   writer.close()
   return {"train": last["train"], "eval": last["eval"], "num_params": init.num_params,
-          "start_step": start_step, "workdir": workdir}
+          "start_step": start_step, "workdir": workdir, "preempted": preempted,
+          "peak_flops": peak, "peak_source": peak_source}
