@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from typing import Any
 
 import jax
@@ -61,9 +62,18 @@ class Checkpointer:
         state, meta = self.restore(step, target_state)
         return step, state, meta
       except Exception as e:  # a partial or corrupt step dir: try the one before
-        log.warning("checkpoint %s/%d could not be restored (%s: %s); trying the previous one",
-                    self.directory, step, type(e).__name__, str(e)[:300])
+        log.warning("checkpoint %s/%d could not be restored (%s: %s); moved to %s; trying the previous one",
+                    self.directory, step, type(e).__name__, str(e)[:300], self.quarantine(step))
     return None
+
+  def quarantine(self, step: int) -> str:
+    """Move an unreadable step aside (kept for inspection, never deleted) so it can be rewritten."""
+    src = os.path.join(self.directory, str(step))
+    dst = os.path.join(self.directory, f"unreadable-{step}-{int(time.time())}")
+    if jax.process_index() == 0 and os.path.exists(src):
+      os.rename(src, dst)
+    self._manager.reload()
+    return dst
 
   def wait(self) -> None:
     self._manager.wait_until_finished()

@@ -109,14 +109,15 @@ def restore_checkpoint(ckpt: Checkpointer, state: TrainState, model_cfg: ModelCo
     try:
       meta = ckpt.read_meta(step)
     except Exception as e:  # unreadable metadata: treat like a corrupt step
-      log.warning("checkpoint step %d has unreadable metadata (%s); trying the previous one", step, e)
+      log.warning("checkpoint step %d has unreadable metadata (%s); moved to %s; trying the previous one",
+                  step, e, ckpt.quarantine(step))
       continue
     check_checkpoint_model(meta, model_cfg, ckpt.directory)
     try:
       stored, meta = ckpt.restore(step, target)
     except Exception as e:
-      log.warning("checkpoint step %d could not be restored (%s: %s); trying the previous one",
-                  step, type(e).__name__, str(e)[:300])
+      log.warning("checkpoint step %d could not be restored (%s: %s); moved to %s; trying the previous one",
+                  step, type(e).__name__, str(e)[:300], ckpt.quarantine(step))
       continue
     restored = layout.from_storage(stored, model_cfg.scan_layers, model_cfg.num_layers)
     return step, layout.place_like(restored, state), meta

@@ -102,6 +102,8 @@ def test_corrupt_latest_checkpoint_falls_back(tmp_path, data_dir, caplog):
   summary = train(cfg, wd, devices=jax.devices()[:1])
   assert summary["start_step"] == 4
   assert losses(wd) == before
+  names = os.listdir(os.path.join(wd, "checkpoints"))
+  assert "6" in names and any(n.startswith("unreadable-6-") for n in names)  # moved aside, not deleted
 
 
 def test_checkpoint_of_another_model_is_refused(tmp_path, data_dir):
