@@ -303,15 +303,23 @@ def train(cfg: ml_collections.ConfigDict, workdir: str,
             "tokens_per_s": tok_s, "step_time_s": dt / max(step - step_prev, 1),
             "mfu": tok_s * flops_tok / peak if peak > 0 else float("nan"),
             "skipped_steps": int(nbad), "wall_s": wall_offset + now - t0,
-            "total_steps": cfg.train.num_steps, "num_params": init.num_params})
+            "total_steps": cfg.train.num_steps, "num_params": init.num_params, "compile_s": compile_s})
 
     try:
       pending = None
       preempted = False
+      compile_s = 0.0
+      if start_step < cfg.train.num_steps:  # compile ahead so throughput excludes compilation
+        batch = sharding.put_batch(next(data.train), mesh)
+        t_compile = time.perf_counter()
+        step_fn = step_fn.lower(state, batch).compile()
+        compile_s = time.perf_counter() - t_compile
+        clock["t"] = time.perf_counter()
       for step in range(start_step, cfg.train.num_steps):
         if profile_steps and step == profile_steps[0]:
           jax.profiler.start_trace(os.path.join(workdir, "profile"))
-        batch = sharding.put_batch(next(data.train), mesh)
+        if step > start_step:
+          batch = sharding.put_batch(next(data.train), mesh)
         state, metrics = step_fn(state, batch)
         done = step + 1
         first_bad, num_bad = track(first_bad, num_bad, metrics, done)
@@ -350,4 +358,4 @@ def train(cfg: ml_collections.ConfigDict, workdir: str,
   writer.close()
   return {"train": last["train"], "eval": last["eval"], "num_params": init.num_params,
           "start_step": start_step, "workdir": workdir, "preempted": preempted,
-          "peak_flops": peak, "peak_source": peak_source}
+          "peak_flops": peak, "peak_source": peak_source, "compile_s": compile_s}
