@@ -51,6 +51,14 @@ class Checkpointer:
     restored = self._manager.restore(step, args=args)
     return restored["state"], dict(restored["meta"])
 
+  def restore_params(self, step: int, target_params: Any) -> Any:
+    """Only the `params` subtree of a saved train state (for fine-tuning from a run)."""
+    target = {"params": abstract_like(target_params)}
+    restore_args = ocp.checkpoint_utils.construct_restore_args(target)
+    args = ocp.args.Composite(state=ocp.args.PyTreeRestore(item=target, restore_args=restore_args,
+                                                           partial_restore=True))
+    return self._manager.restore(step, args=args)["state"]["params"]
+
   def read_meta(self, step: int) -> dict:
     restored = self._manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
     return dict(restored["meta"])

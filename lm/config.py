@@ -108,6 +108,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.synthetic.end_prob = 0.25
   c.data.synthetic.train_docs = 20000
   c.data.synthetic.eval_docs = 500
+  c.data.synthetic.topics = 1  # >1: each document draws a topic with its own words (NSP becomes learnable)
 
   c.train = ml_collections.ConfigDict()
   c.train.batch_size = 32  # global batch (sequences per step, all processes together)
@@ -128,6 +129,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.train.nonfinite = "stop"  # NaN/Inf loss or gradient: "stop" (error, last good checkpoint kept) | "skip" the step
   c.train.peak_flops_per_device = 0.0  # for MFU; 0 = datasheet table (accelerators) or a measured matmul (CPU)
   c.train.log_layer_norms = False  # also log per-layer parameter and gradient norms
+  c.train.init_from = ""  # WORKDIR or WORKDIR/checkpoints/<step>: start from its params (new optimizer, schedule)
   c.train.debug_nan_step = -1  # fault injection for tests: make the loss NaN at this step
 
   c.mesh = ml_collections.ConfigDict()

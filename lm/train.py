@@ -124,6 +124,31 @@ def restore_checkpoint(ckpt: Checkpointer, state: TrainState, model_cfg: ModelCo
   return None
 
 
+def resolve_init_from(path: str) -> tuple[str, int]:
+  """`WORKDIR` (newest step) or `WORKDIR/checkpoints/<step>` -> (checkpoints dir, step)."""
+  path = os.path.abspath(path)
+  base = os.path.basename(path)
+  if base.isdigit() and os.path.isdir(path):
+    return os.path.dirname(path), int(base)
+  ckpt_dir = os.path.join(path, "checkpoints") if os.path.isdir(os.path.join(path, "checkpoints")) else path
+  steps = Checkpointer(ckpt_dir).all_steps() if os.path.isdir(ckpt_dir) else []
+  if not steps:
+    raise ConfigError(f"train.init_from={path!r} holds no checkpoint: give a WORKDIR of a finished run "
+                      "or WORKDIR/checkpoints/<step>.")
+  return ckpt_dir, steps[-1]
+
+
+def load_init_params(path: str, state: TrainState, model_cfg: ModelConfig) -> TrainState:
+  """Replace the params of `state` by those of another run's checkpoint (optimizer state stays fresh)."""
+  ckpt_dir, step = resolve_init_from(path)
+  source = Checkpointer(ckpt_dir)
+  check_checkpoint_model(source.read_meta(step), model_cfg, f"train.init_from ({ckpt_dir}/{step})")
+  abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), state.params)
+  stored = source.restore_params(step, layout.storage_abstract(abstract, model_cfg.scan_layers, model_cfg.num_layers))
+  params = layout.place_like(layout.from_storage(stored, model_cfg.scan_layers, model_cfg.num_layers), state.params)
+  return state.replace(params=params)
+
+
 def _copy_tokenizer(tokenizer, workdir: str) -> None:
   dst = os.path.join(workdir, "tokenizer.model")
   if not os.path.exists(dst):
@@ -226,6 +251,10 @@ def train(cfg: ml_collections.ConfigDict, workdir: str,
     if ckpt_probe.latest_step() is not None:
       check_checkpoint_model(ckpt_probe.read_meta(ckpt_probe.latest_step()), model_cfg, ckpt_dir)
 
+  if cfg.train.init_from:  # refuse another model's params before building anything
+    src_dir, src_step = resolve_init_from(cfg.train.init_from)
+    check_checkpoint_model(Checkpointer(src_dir).read_meta(src_step), model_cfg,
+                           f"train.init_from ({src_dir}/{src_step})")
   data = _build_process_data(build_data, cfg, process_index, process_count)
   if data.tokenizer.vocab_size > model_cfg.vocab_size:
     raise ConfigError(
@@ -255,6 +284,8 @@ def train(cfg: ml_collections.ConfigDict, workdir: str,
     state, state_sh = init.state, init.shardings
     wall_offset = 0.0
     restored = restore_checkpoint(ckpt, state, model_cfg)
+    if restored is None and cfg.train.init_from:
+      state = load_init_params(cfg.train.init_from, state, model_cfg)
     if restored is not None:
       restored_step, state, meta = restored
       data.train.set_state(meta["data"])
