@@ -1,0 +1,181 @@
+"""Measure a config's train step (and decoding, when available): tokens/s, FLOP/s and MFU.
+
+  python -m experiments.benchmark --config=experiments/configs/ref_tiny.py [--steps=30] [--out=F.json]
+
+MFU is reported against a peak measured in the same process on CPU (the best of
+several large f32 matmuls), or the datasheet dense bf16 peak of known
+accelerators; `--peak_flops` overrides it. The step runs on random tokens of the
+configured shape (data loading is not part of the step; the training loop
+overlaps it with compute), with the state donated as in training.
+"""
+from __future__ import annotations
+
+import json
+import resource
+import statistics
+import sys
+import time
+
+from absl import app, flags
+from ml_collections import config_flags
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (experiments/configs/*.py).")
+_STEPS = flags.DEFINE_integer("steps", 30, "Timed steps (the median is reported); at least 20.")
+_WARMUP = flags.DEFINE_integer("warmup", 3, "Untimed steps after compilation.")
+_PEAK = flags.DEFINE_float("peak_flops", 0.0, "Peak FLOP/s for MFU; 0 = measure (CPU) or datasheet.")
+_MATMUL_N = flags.DEFINE_integer("matmul_n", 2048, "Size of the f32 matmul that measures the CPU peak.")
+_OUT = flags.DEFINE_string("out", "", "Write the results as JSON here.")
+flags.mark_flags_as_required(["config"])
+
+
+def host_peak_rss_gib() -> float:
+  return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 ** 2  # Linux: KiB
+
+
+def device_peak_gib(device) -> float | None:
+  stats = device.memory_stats() if hasattr(device, "memory_stats") else None
+  if not stats or "peak_bytes_in_use" not in stats:
+    return None
+  return stats["peak_bytes_in_use"] / 1024 ** 3
+
+
+def measure_peak(devices, override: float, n: int) -> tuple[float, str]:
+  from lm.metrics import PEAK_FLOPS, measure_matmul_flops
+
+  if override > 0:
+    return override, "flag"
+  kind = devices[0].device_kind
+  if devices[0].platform != "cpu":
+    for name, value in PEAK_FLOPS.items():
+      if name.lower() in kind.lower():
+        return value * len(devices), f"datasheet dense bf16 ({name})"
+    return 0.0, f"unknown device {kind!r}: pass --peak_flops"
+  return measure_matmul_flops(n, repeats=10), f"measured f32 matmul {n}^3"
+
+
+def benchmark_train_step(cfg, steps: int, warmup: int) -> dict:
+  import flax.linen as nn
+  import jax
+  import numpy as np
+
+  from lm import sharding
+  from lm.config import ModelConfig, validate
+  from lm.metrics import flops_per_token
+  from lm.objectives import get_objective
+  from lm.steps import make_optimizer, make_train_step
+  from lm.train import init_train_state
+
+  devices = jax.devices()
+  validate(cfg, len(devices))
+  objective = get_objective(cfg.objective)
+  model_cfg = ModelConfig.from_config(cfg.model)
+  mesh = sharding.make_mesh(cfg.mesh, devices)
+  rules = sharding.logical_rules(model_cfg, mesh)
+  model = objective.make_model(model_cfg)
+  tx, schedule = make_optimizer(cfg.train)
+  b, l = cfg.train.batch_size, cfg.data.seq_len
+  rng = np.random.default_rng(0)
+  host_batch = {k: np.asarray(v) for k, v in objective.init_batch(b, l).items()}
+  host_batch["inputs"] = rng.integers(4, model_cfg.vocab_size, (b, l), dtype=np.int32)
+  if "targets" in host_batch:
+    host_batch["targets"] = rng.integers(4, model_cfg.vocab_size, (b, l), dtype=np.int32)
+  if "positions" in host_batch:
+    host_batch["positions"] = np.broadcast_to(np.arange(l, dtype=np.int32), (b, l)).copy()
+  with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+    init = init_train_state(objective, model, tx, mesh, rules, l, cfg.seed)
+    state = init.state
+    batch = sharding.put_batch(host_batch, mesh)
+    step_fn = jax.jit(make_train_step(objective, model, tx, schedule, cfg.train, cfg.seed),
+                      in_shardings=(init.shardings, sharding.batch_sharding(mesh)),
+                      out_shardings=(init.shardings, None), donate_argnums=0)
+    t = time.perf_counter()
+    compiled = step_fn.lower(state, batch).compile()
+    compile_s = time.perf_counter() - t
+    for _ in range(warmup):
+      state, metrics = compiled(state, batch)
+    jax.block_until_ready(state)
+    times = []
+    for _ in range(steps):
+      t = time.perf_counter()
+      state, metrics = compiled(state, batch)
+      jax.block_until_ready(state)
+      times.append(time.perf_counter() - t)
+  step_s = statistics.median(times)
+  flops_tok = flops_per_token(model_cfg, l)
+  return {
+      "num_params": init.num_params,
+      "flops_per_token": flops_tok,
+      "compile_s": compile_s,
+      "step_time_s": step_s,
+      "step_time_min_s": min(times),
+      "tokens_per_s": b * l / step_s,
+      "achieved_flops": b * l * flops_tok / step_s,
+      "devices": len(devices),
+      "platform": devices[0].platform,
+      "device_kind": devices[0].device_kind,
+  }
+
+
+def benchmark_decode(cfg) -> dict:
+  """Decode tokens/s with and without the KV cache, when lm.decode provides it."""
+  try:
+    from lm import decode  # noqa: F401
+  except ImportError:
+    return {"decode": "not available (lm.decode not built yet)"}
+  if not hasattr(decode, "benchmark_decode"):
+    return {"decode": "not available (lm.decode has no benchmark_decode)"}
+  return decode.benchmark_decode(cfg)
+
+
+def format_table(r: dict) -> str:
+  rows = [
+      ("config", r["config"]),
+      ("parameters", f"{r['num_params']:,}"),
+      ("FLOPs per token", f"{r['flops_per_token']:.4g}"),
+      ("compile", f"{r['compile_s']:.2f} s"),
+      ("train step (median)", f"{r['step_time_s'] * 1e3:.2f} ms"),
+      ("tokens/s", f"{r['tokens_per_s']:,.0f}"),
+      ("achieved FLOP/s", f"{r['achieved_flops'] / 1e9:.2f} GFLOP/s"),
+      ("peak FLOP/s", f"{r['peak_flops'] / 1e9:.2f} GFLOP/s ({r['peak_source']})"),
+      ("MFU", f"{100 * r['mfu']:.1f}%"),
+      ("peak memory", f"{r['peak_memory_gib']:.2f} GiB ({r['memory_source']})"),
+  ]
+  for k, v in r.get("decode", {}).items() if isinstance(r.get("decode"), dict) else []:
+    rows.append((k, f"{v:,.1f}" if isinstance(v, float) else str(v)))
+  width = max(len(k) for k, _ in rows)
+  return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
+
+
+def main(argv):
+  del argv
+  import jax
+  from absl import logging
+
+  logging.set_verbosity(logging.WARNING)
+
+  if _STEPS.value < 20:
+    print("error: --steps must be at least 20 (the median of the steady state is reported)", file=sys.stderr)
+    sys.exit(2)
+  cfg = _CONFIG.value
+  devices = jax.devices()
+  peak, source = measure_peak(devices, _PEAK.value, _MATMUL_N.value)
+  result = {"config": config_flags.get_config_filename(flags.FLAGS["config"]),
+            "overrides": config_flags.get_override_values(flags.FLAGS["config"]),
+            **benchmark_train_step(cfg, _STEPS.value, _WARMUP.value)}
+  # Measure the peak again after the step and keep the best: CPU clocks and load drift.
+  if devices[0].platform == "cpu" and _PEAK.value <= 0:
+    peak = max(peak, measure_peak(devices, 0.0, _MATMUL_N.value)[0])
+  result.update(peak_flops=peak, peak_source=source, mfu=result["achieved_flops"] / peak if peak else float("nan"))
+  dev_mem = device_peak_gib(devices[0]) if devices[0].platform != "cpu" else None
+  result["peak_memory_gib"] = dev_mem if dev_mem is not None else host_peak_rss_gib()
+  result["memory_source"] = "device peak_bytes_in_use" if dev_mem is not None else "host peak RSS"
+  result["decode"] = benchmark_decode(cfg)
+  result["date"] = time.strftime("%Y-%m-%d")
+  print(format_table(result))
+  if _OUT.value:
+    with open(_OUT.value, "w") as f:
+      json.dump(result, f, indent=2, default=str)
+
+
+if __name__ == "__main__":
+  app.run(main)
