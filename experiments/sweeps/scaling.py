@@ -1,0 +1,34 @@
+"""Scaling ablation: model size vs loss on the known-entropy synthetic corpus (issue 7, item 3).
+
+Six decoder-only sizes (head_dim 16, mlp 4x, depth and width growing together), every
+other setting from tiny_clm, each trained for the same number of steps. compare.py fits
+L(N) = E + A N^-alpha to the final eval bits per byte and checks E against the corpus's
+entropy floor (logged as entropy_floor_bpb):
+
+  python -m experiments.sweep --sweep=experiments/sweeps/scaling.py --root=runs/scaling
+  python -m experiments.compare runs/scaling --metric=eval/bits_per_byte --fit=params \
+      --out=runs/scaling/report
+
+Cost (estimated from the FLOPs formula, NOT measured): 6.8e13 training FLOPs in all
+(0.5, 1.6, 2.7, 7.8, 17, 38 x 1e12 per size), about an hour on 2 CPU cores at 20 GFLOP/s.
+Result: not yet measured (fill in experiments/REPRODUCE.md). With a fixed token budget the
+fitted E is the loss of an infinite model trained on these tokens, so it sits above the
+floor unless the largest models have converged; raise train.num_steps if E's CI lies
+above the floor. Add seeds (e.g. [0, 1, 2]) for seed CIs; run names stay the same.
+"""
+
+# (d_model, num_layers, num_heads, mlp_dim)
+SIZES = [(32, 1, 2, 128), (48, 2, 3, 192), (64, 2, 4, 256), (96, 3, 6, 384), (128, 4, 8, 512),
+         (192, 4, 12, 768)]
+
+
+def get_sweep():
+  return {
+      "config": "experiments/configs/tiny_clm.py",
+      "fixed": {"train.num_steps": 600, "train.warmup_steps": 60, "train.eval_every": 200,
+                "train.checkpoint_every": 200, "train.eval_batches": 16},
+      "zip": {"model.d_model": [s[0] for s in SIZES], "model.num_layers": [s[1] for s in SIZES],
+              "model.num_heads": [s[2] for s in SIZES], "model.mlp_dim": [s[3] for s in SIZES]},
+      "seeds": [0],
+      "name_fields": ["model.d_model", "model.num_layers", "seed"],
+  }
