@@ -40,17 +40,12 @@ def device_peak_gib(device) -> float | None:
 
 
 def measure_peak(devices, override: float, n: int) -> tuple[float, str]:
-  from lm.metrics import PEAK_FLOPS, measure_matmul_flops
+  """Peak FLOP/s of all devices: the flag, a datasheet, or (CPU) the best of 10 large f32 matmuls."""
+  from lm.metrics import peak_flops
 
   if override > 0:
     return override, "flag"
-  kind = devices[0].device_kind
-  if devices[0].platform != "cpu":
-    for name, value in PEAK_FLOPS.items():
-      if name.lower() in kind.lower():
-        return value * len(devices), f"datasheet dense bf16 ({name})"
-    return 0.0, f"unknown device {kind!r}: pass --peak_flops"
-  return measure_matmul_flops(n, repeats=10), f"measured f32 matmul {n}^3"
+  return peak_flops(devices, matmul_n=n, repeats=10)
 
 
 def benchmark_train_step(cfg, steps: int, warmup: int) -> dict:
@@ -59,20 +54,14 @@ def benchmark_train_step(cfg, steps: int, warmup: int) -> dict:
   import numpy as np
 
   from lm import sharding
-  from lm.config import ModelConfig, validate
   from lm.metrics import flops_per_token
-  from lm.objectives import get_objective
-  from lm.steps import make_optimizer, make_train_step
-  from lm.train import init_train_state
+  from lm.steps import make_train_step
+  from lm.train import init_train_state, setup_run
 
   devices = jax.devices()
-  validate(cfg, len(devices))
-  objective = get_objective(cfg.objective)
-  model_cfg = ModelConfig.from_config(cfg.model)
-  mesh = sharding.make_mesh(cfg.mesh, devices)
-  rules = sharding.logical_rules(model_cfg, mesh)
-  model = objective.make_model(model_cfg)
-  tx, schedule = make_optimizer(cfg.train)
+  run = setup_run(cfg, devices)
+  objective, model_cfg, mesh, rules, model, tx, schedule = (
+      run.objective, run.model_cfg, run.mesh, run.rules, run.model, run.tx, run.schedule)
   b, l = cfg.train.batch_size, cfg.data.seq_len
   rng = np.random.default_rng(0)
   host_batch = {k: np.asarray(v) for k, v in objective.init_batch(b, l).items()}

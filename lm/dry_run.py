@@ -15,11 +15,9 @@ import ml_collections
 import numpy as np
 
 from lm import sharding
-from lm.config import ModelConfig, validate
 from lm.metrics import flops_per_token
-from lm.objectives import get_objective
-from lm.steps import make_optimizer, make_train_step
-from lm.train import abstract_train_state
+from lm.steps import make_train_step
+from lm.train import abstract_train_state, setup_run
 
 GIB = 1024 ** 3
 
@@ -35,13 +33,9 @@ def _bytes_per_device(tree: Any) -> int:
 def dry_run(cfg: ml_collections.ConfigDict, devices: Sequence[jax.Device] | None = None,
             device_memory_gb: float = 0.0) -> dict:
   devices = list(devices if devices is not None else jax.devices())
-  validate(cfg, len(devices), jax.process_count())
-  objective = get_objective(cfg.objective)
-  model_cfg = ModelConfig.from_config(cfg.model)
-  mesh = sharding.make_mesh(cfg.mesh, devices)
-  rules = sharding.logical_rules(model_cfg, mesh)
-  model = objective.make_model(model_cfg)
-  tx, schedule = make_optimizer(cfg.train)
+  run = setup_run(cfg, devices)
+  objective, model_cfg, mesh, rules, model, tx, schedule = (
+      run.objective, run.model_cfg, run.mesh, run.rules, run.model, run.tx, run.schedule)
   seq_len, batch_size = cfg.data.seq_len, cfg.train.batch_size
   with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
     abstract, state_sh, _ = abstract_train_state(objective, model, tx, mesh, rules, seq_len, cfg.seed)

@@ -119,7 +119,8 @@ def measure_matmul_flops(n: int = 1024, repeats: int = 5) -> float:
   return 2 * n ** 3 / best
 
 
-def peak_flops(devices, override_per_device: float = 0.0) -> tuple[float, str]:
+def peak_flops(devices, override_per_device: float = 0.0, matmul_n: int = 1024,
+               repeats: int = 5) -> tuple[float, str]:
   """Peak FLOP/s of the whole run and where the number comes from.
 
   Accelerators: datasheet table per chip x chips. CPU: one matmul measurement for the
@@ -133,6 +134,6 @@ def peak_flops(devices, override_per_device: float = 0.0) -> tuple[float, str]:
   if devices[0].platform != "cpu":
     for name, value in PEAK_FLOPS.items():
       if name.lower() in kind.lower():
-        return value * len(devices), f"datasheet ({name})"
+        return value * len(devices), f"datasheet dense bf16 ({name})"
     return 0.0, f"unknown device kind {kind!r}: set train.peak_flops_per_device"
-  return measure_matmul_flops() * jax.process_count(), "measured f32 matmul"
+  return measure_matmul_flops(matmul_n, repeats) * jax.process_count(), f"measured f32 matmul {matmul_n}^3"

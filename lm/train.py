@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import math
 import os
 import shutil
 import signal
@@ -44,6 +43,29 @@ LAYOUT_ONLY_MODEL_FIELDS = frozenset({"scan_layers", "remat_policy", "dtype"})
 
 class TrainingDiverged(RuntimeError):
   """The loss or gradient became NaN/Inf; the last good checkpoint is kept."""
+
+
+@dataclasses.dataclass
+class RunSetup:
+  """What every entry point (train, dry run, benchmark) derives from a config and devices."""
+  objective: Any
+  model_cfg: ModelConfig
+  mesh: jax.sharding.Mesh
+  rules: tuple
+  model: nn.Module
+  tx: optax.GradientTransformation
+  schedule: optax.Schedule
+
+
+def setup_run(cfg: ml_collections.ConfigDict, devices: Sequence[jax.Device]) -> RunSetup:
+  """Validate the config for these devices and build mesh, rules, model and optimizer (no compute)."""
+  validate(cfg, len(devices), jax.process_count())
+  objective = get_objective(cfg.objective)
+  model_cfg = ModelConfig.from_config(cfg.model)
+  mesh = sharding.make_mesh(cfg.mesh, devices)
+  tx, schedule = make_optimizer(cfg.train)
+  return RunSetup(objective, model_cfg, mesh, sharding.logical_rules(model_cfg, mesh),
+                  objective.make_model(model_cfg), tx, schedule)
 
 
 @dataclasses.dataclass
@@ -238,13 +260,11 @@ def train(cfg: ml_collections.ConfigDict, workdir: str,
 
   devices = list(devices if devices is not None else jax.devices())
   process_index, process_count = jax.process_index(), jax.process_count()
-  validate(cfg, len(devices), process_count)
+  run = setup_run(cfg, devices)
+  objective, model_cfg, mesh, rules, model, tx, schedule = (
+      run.objective, run.model_cfg, run.mesh, run.rules, run.model, run.tx, run.schedule)
   config_dict = cfg.to_dict()
   check_existing_config(workdir, config_dict)
-  objective = get_objective(cfg.objective)
-  model_cfg = ModelConfig.from_config(cfg.model)
-  mesh = sharding.make_mesh(cfg.mesh, devices)
-  rules = sharding.logical_rules(model_cfg, mesh)
   ckpt_dir = os.path.join(workdir, "checkpoints")
   if os.path.isdir(ckpt_dir):  # refuse another model's checkpoints before building anything
     ckpt_probe = Checkpointer(ckpt_dir, keep=cfg.train.keep_checkpoints)
@@ -268,8 +288,6 @@ def train(cfg: ml_collections.ConfigDict, workdir: str,
   writer = MetricsWriter(workdir, enabled=is_writer)
   ckpt = Checkpointer(ckpt_dir, keep=cfg.train.keep_checkpoints)
 
-  model = objective.make_model(model_cfg)
-  tx, schedule = make_optimizer(cfg.train)
   seq_len, batch_size = cfg.data.seq_len, cfg.train.batch_size
   flops_tok = flops_per_token(model_cfg, seq_len)
   tokens_per_step = batch_size * seq_len
