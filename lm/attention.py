@@ -1,5 +1,5 @@
-"""Attention: masks, positional encodings (RoPE, sinusoidal), the pure attention
-function and the multi-head (GQA/MQA) attention module.
+"""Attention: masks, positional encodings (RoPE, sinusoidal, T5 relative bias), the
+pure attention function and the multi-head (GQA/MQA) self/cross-attention module.
 
 Shape suffixes: B batch, L query length, S key/value length, H query heads,
 G key/value heads (H = G * R, R query heads per kv head), K head dim, D d_model.
@@ -11,9 +11,12 @@ Logical names of the module:
                k and v ("batch","length","act_kv_heads","kv") (G may be smaller
                than H, so kv heads get their own rule); module output
                ("batch","length","act_embed").
+  with cfg.use_bias: query/key/value bias ("heads"|"kv_heads","kv"), out bias ("embed",).
+The relative position bias table (RelativePositionBias) is ("relpos_buckets", "heads").
 """
 from __future__ import annotations
 
+import math
 from typing import Optional
 
 import flax.linen as nn
@@ -21,7 +24,7 @@ import jax
 import jax.numpy as jnp
 
 from lm.config import ModelConfig
-from lm.layers import BLD, Einsum, compute_dtype, fan_in_init, out_proj_scale
+from lm.layers import BLD, Einsum, compute_dtype, fan_in_init, out_proj_scale, param_dtype
 
 BLHK = ("batch", "length", "act_heads", "kv")
 BSGK = ("batch", "length", "act_kv_heads", "kv")
@@ -29,8 +32,8 @@ BSGK = ("batch", "length", "act_kv_heads", "kv")
 
 # ---------------------------------------------------------------- masks
 # Each piece is a bool [B, L, S] (True = may attend); make_attention_mask ANDs
-# them. A prefix-LM mask is `causal | (kv index < prefix length)` in place of
-# `causal`, an encoder mask simply drops `causal`.
+# them. A prefix-LM mask is `causal | (query and key both in the prefix)` in
+# place of `causal`; an encoder mask simply drops `causal`.
 
 def causal_mask(q_index_BL: jax.Array, kv_index_BS: jax.Array) -> jax.Array:
   """Query i may see key j iff j <= i."""
@@ -45,13 +48,17 @@ def segment_mask(q_segment_ids_BL: jax.Array, kv_segment_ids_BS: jax.Array) -> j
 
 def make_attention_mask(q_segment_ids_BL: jax.Array, kv_segment_ids_BS: jax.Array,
                         causal: bool, q_positions: Optional[jax.Array] = None,
-                        kv_positions: Optional[jax.Array] = None) -> jax.Array:
+                        kv_positions: Optional[jax.Array] = None,
+                        prefix_BL: Optional[jax.Array] = None) -> jax.Array:
   """Bool mask [B, 1, L, S] combining padding, packing (segment ids) and causality.
 
   Causality compares token indices: `q_positions` / `kv_positions` ([B, L] / [B, S])
   default to 0..L-1 / 0..S-1; pass them when the query block does not start at
   key index 0 (e.g. decoding against a KV cache). Per-document positions that
   restart at 0 also work, since tokens of other documents are masked anyway.
+
+  `prefix_BL` (self-attention only, bool or 0/1) marks prefix-LM inputs: tokens of
+  a prefix also see each other (bidirectionally); the rest stays causal.
   """
   b, l = q_segment_ids_BL.shape
   s = kv_segment_ids_BS.shape[1]
@@ -61,15 +68,23 @@ def make_attention_mask(q_segment_ids_BL: jax.Array, kv_segment_ids_BS: jax.Arra
       q_positions = jnp.broadcast_to(jnp.arange(l), (b, l))
     if kv_positions is None:
       kv_positions = jnp.broadcast_to(jnp.arange(s), (b, s))
-    mask_BLS = mask_BLS & causal_mask(q_positions, kv_positions)
+    visible_BLS = causal_mask(q_positions, kv_positions)
+    if prefix_BL is not None:
+      prefix_BL = prefix_BL.astype(bool)
+      visible_BLS = visible_BLS | (prefix_BL[:, :, None] & prefix_BL[:, None, :])
+    mask_BLS = mask_BLS & visible_BLS
   return mask_BLS[:, None, :, :]
 
 
 # ---------------------------------------------------------------- attention
 
 def dot_product_attention(q_BLHK: jax.Array, k_BSGK: jax.Array, v_BSGK: jax.Array,
-                          mask_B1LS: Optional[jax.Array] = None) -> jax.Array:
-  """softmax(q k^T / sqrt(K)) v with grouped kv heads; returns [B, L, H, K].
+                          mask_B1LS: Optional[jax.Array] = None,
+                          bias_BHLS: Optional[jax.Array] = None) -> jax.Array:
+  """softmax(q k^T / sqrt(K) + bias) v with grouped kv heads; returns [B, L, H, K].
+
+  `bias_BHLS` (leading dim B or 1) is added to the scaled logits, e.g. T5's
+  relative position bias.
 
   Query head h uses kv head h // R (R = H / G): the grouping is a reshape of q,
   k/v are never repeated. Logits and softmax are float32 whatever the input
@@ -83,6 +98,9 @@ def dot_product_attention(q_BLHK: jax.Array, k_BSGK: jax.Array, v_BSGK: jax.Arra
   logits_BGRLS = jnp.einsum("blgrk,bsgk->bgrls", q_BLGRK, k_BSGK,
                             preferred_element_type=jnp.float32)
   logits_BGRLS = logits_BGRLS * (1.0 / jnp.sqrt(jnp.float32(k)))
+  if bias_BHLS is not None:
+    bias_BGRLS = bias_BHLS.reshape(bias_BHLS.shape[0], g, h // g, l, -1)
+    logits_BGRLS = logits_BGRLS + bias_BGRLS.astype(jnp.float32)
   if mask_B1LS is not None:
     mask_B11LS = mask_B1LS[:, :, None, :, :]
     # A finite fill (not -inf) keeps fully masked rows NaN-free; they are zeroed below.
@@ -133,36 +151,91 @@ def sinusoidal_table(length: int, d_model: int, max_timescale: float = 10000.0) 
   return sinusoidal_embedding(jnp.arange(length)[None], d_model, max_timescale)[0]
 
 
+def relative_position_bucket(relative_BLS: jax.Array, bidirectional: bool, num_buckets: int,
+                             max_distance: int) -> jax.Array:
+  """T5's bucket of each (key position - query position), int32.
+
+  Half the buckets (per direction when bidirectional) are exact distances
+  0, 1, ...; the rest cover distances up to `max_distance` in log-spaced steps,
+  and everything farther shares the last bucket. Unidirectional (causal) buckets
+  map every key after the query to bucket 0.
+  """
+  if bidirectional:
+    num_buckets //= 2
+    offset = jnp.where(relative_BLS > 0, num_buckets, 0)
+    distance = jnp.abs(relative_BLS)
+  else:
+    offset = 0
+    distance = jnp.maximum(-relative_BLS, 0)
+  exact = num_buckets // 2
+  # log-spaced buckets for distance >= exact; max() keeps log() finite where unused
+  far = jnp.log(jnp.maximum(distance, exact).astype(jnp.float32) / exact)
+  far = far / math.log(max_distance / exact) * (num_buckets - exact)
+  far_bucket = jnp.minimum(exact + far.astype(jnp.int32), num_buckets - 1)
+  return (offset + jnp.where(distance < exact, distance, far_bucket)).astype(jnp.int32)
+
+
+class RelativePositionBias(nn.Module):
+  """Learned per-head bias of T5: table [buckets, H] indexed by the relative bucket.
+
+  Computed once per stack and shared by its layers (as in T5). Returns a float32
+  bias [B, H, L, S] from per-token positions, so packed documents restarting at
+  0 get the same bias as alone.
+  """
+  cfg: ModelConfig
+  bidirectional: bool
+
+  @nn.compact
+  def __call__(self, q_positions_BL: jax.Array, kv_positions_BS: jax.Array) -> jax.Array:
+    cfg = self.cfg
+    n = cfg.relative_attention_num_buckets
+    table_NH = self.param(
+        "embedding", nn.with_logical_partitioning(nn.initializers.normal(0.1),
+                                                  ("relpos_buckets", "heads")),
+        (n, cfg.num_heads), param_dtype(cfg))
+    relative_BLS = kv_positions_BS[:, None, :] - q_positions_BL[:, :, None]
+    bucket_BLS = relative_position_bucket(relative_BLS, self.bidirectional, n,
+                                          cfg.relative_attention_max_distance)
+    bias_BLSH = jnp.take(table_NH.astype(jnp.float32), bucket_BLS, axis=0)
+    return jnp.transpose(bias_BLSH, (0, 3, 1, 2))
+
+
 # ---------------------------------------------------------------- module
 
 class MultiHeadAttention(nn.Module):
-  """Self-attention with cfg.num_heads query heads and cfg.kv_heads kv heads (GQA/MQA).
+  """Attention with cfg.num_heads query heads and cfg.kv_heads kv heads (GQA/MQA).
 
-  Params: query/key/value/out, each `{name}/kernel`, no biases. RoPE is applied
-  to q and k when cfg.position == "rope".
+  Self-attention by default; cross-attention when `kv_BSD` (e.g. encoder outputs)
+  is given. Params: query/key/value/out, each `{name}/kernel` (+ `{name}/bias`
+  with cfg.use_bias). RoPE is applied to q and k when cfg.position == "rope" and
+  `rope` is set (cross-attention has no shared position axis, so it sets rope=False).
   """
   cfg: ModelConfig
+  rope: bool = True
 
   @nn.compact
   def __call__(self, x_BLD: jax.Array, positions_BL: jax.Array,
-               mask_B1LS: Optional[jax.Array]) -> jax.Array:
+               mask_B1LS: Optional[jax.Array], kv_BSD: Optional[jax.Array] = None,
+               bias_BHLS: Optional[jax.Array] = None) -> jax.Array:
     cfg = self.cfg
+    if kv_BSD is None:
+      kv_BSD = x_BLD
     d, h, g, k = cfg.d_model, cfg.num_heads, cfg.kv_heads, cfg.resolved_head_dim
     in_init = fan_in_init(1.0, in_axis=0, out_axis=(1, 2))
     q_BLHK = Einsum((d, h, k), ("embed", "heads", "kv"), "bld,dhk->blhk", in_init, cfg,
-                    name="query")(x_BLD)
+                    bias_dims=2, name="query")(x_BLD)
     k_BSGK = Einsum((d, g, k), ("embed", "kv_heads", "kv"), "bsd,dgk->bsgk", in_init, cfg,
-                    name="key")(x_BLD)
+                    bias_dims=2, name="key")(kv_BSD)
     v_BSGK = Einsum((d, g, k), ("embed", "kv_heads", "kv"), "bsd,dgk->bsgk", in_init, cfg,
-                    name="value")(x_BLD)
-    if cfg.position == "rope":
+                    bias_dims=2, name="value")(kv_BSD)
+    if cfg.position == "rope" and self.rope:
       q_BLHK = apply_rope(q_BLHK, positions_BL, cfg.rope_base)
       k_BSGK = apply_rope(k_BSGK, positions_BL, cfg.rope_base)
     q_BLHK = nn.with_logical_constraint(q_BLHK, BLHK)
     k_BSGK = nn.with_logical_constraint(k_BSGK, BSGK)
     v_BSGK = nn.with_logical_constraint(v_BSGK, BSGK)
 
-    out_BLHK = dot_product_attention(q_BLHK, k_BSGK, v_BSGK, mask_B1LS)
+    out_BLHK = dot_product_attention(q_BLHK, k_BSGK, v_BSGK, mask_B1LS, bias_BHLS)
     out_BLHK = nn.with_logical_constraint(out_BLHK, BLHK)
     out_init = fan_in_init(out_proj_scale(cfg), in_axis=(0, 1), out_axis=2)
     y_BLD = Einsum((h, k, d), ("heads", "kv", "embed"), "blhk,hkd->bld", out_init, cfg,

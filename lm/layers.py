@@ -4,7 +4,8 @@ Every parameter is created through `nn.with_logical_partitioning`, so `model.ini
 returns boxed leaves whose logical names `lm/sharding.py` maps onto mesh axes.
 Names used here:
   params:      ("embed",) norm scale/bias; ("embed","mlp") / ("mlp","embed") MLP
-               kernels; ("vocab","embed") token table; ("embed","vocab") untied head.
+               kernels; ("vocab","embed") token table; ("embed","vocab") untied head;
+               a bias (cfg.use_bias) takes the names of its kernel's output dims.
   activations: ("batch","length","act_mlp") inside the MLP,
                ("batch","length","act_embed") for every [B, L, D] output.
 """
@@ -43,12 +44,18 @@ def out_proj_scale(cfg: ModelConfig) -> float:
 
 
 class Einsum(nn.Module):
-  """y = einsum(spec, x, kernel) with one explicitly shaped, logically named kernel."""
+  """y = einsum(spec, x, kernel) [+ bias] with one explicitly shaped, logically named kernel.
+
+  With cfg.use_bias, a zero-initialised `bias` spans the kernel's last `bias_dims`
+  dims, which must be the output's trailing dims (true of every spec used here);
+  bias_dims=0 means never a bias.
+  """
   shape: Sequence[int]
   names: Sequence[str]
   spec: str
   kernel_init: Callable
   cfg: ModelConfig
+  bias_dims: int = 1
 
   @nn.compact
   def __call__(self, x):
@@ -56,7 +63,14 @@ class Einsum(nn.Module):
         "kernel", nn.with_logical_partitioning(self.kernel_init, tuple(self.names)),
         tuple(self.shape), param_dtype(self.cfg))
     dtype = compute_dtype(self.cfg)
-    return jnp.einsum(self.spec, x.astype(dtype), kernel.astype(dtype))
+    y = jnp.einsum(self.spec, x.astype(dtype), kernel.astype(dtype))
+    if self.cfg.use_bias and self.bias_dims:
+      n = self.bias_dims
+      bias = self.param("bias", nn.with_logical_partitioning(nn.initializers.zeros,
+                                                             tuple(self.names[-n:])),
+                        tuple(self.shape[-n:]), param_dtype(self.cfg))
+      y = y + bias.astype(dtype)
+    return y
 
 
 class RMSNorm(nn.Module):
@@ -100,6 +114,16 @@ def make_norm(cfg: ModelConfig, name: str) -> nn.Module:
   return NORMS[cfg.norm](cfg, name=name)
 
 
+def activation(name: str) -> Callable:
+  """The elementwise function of a non-gated activation name.
+
+  "gelu" is the tanh approximation; "gelu_exact" is x * Phi(x) with erf (BERT).
+  """
+  if name == "gelu_exact":
+    return lambda x: nn.gelu(x, approximate=False)
+  return nn.gelu
+
+
 class MLP(nn.Module):
   """GELU (wi -> gelu -> wo) or SwiGLU (silu(wi_gate) * wi_up -> wo) feed-forward."""
   cfg: ModelConfig
@@ -118,7 +142,7 @@ class MLP(nn.Module):
       up_BLF = nn.with_logical_constraint(up("wi_up"), act_BLF)
       h_BLF = nn.silu(gate_BLF) * up_BLF
     else:
-      h_BLF = nn.gelu(nn.with_logical_constraint(up("wi"), act_BLF))
+      h_BLF = activation(cfg.mlp_activation)(nn.with_logical_constraint(up("wi"), act_BLF))
     h_BLF = nn.with_logical_constraint(h_BLF, act_BLF)
     y_BLD = Einsum((f, d), ("mlp", "embed"), "blf,fd->bld",
                    fan_in_init(out_proj_scale(cfg)), cfg, name="wo")(h_BLF)

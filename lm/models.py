@@ -1,12 +1,17 @@
-"""Model families. Decoder-only causal LM for now, plus parameter counting and
-ModelConfig validation.
+"""Model families, parameter counting and ModelConfig validation.
+
+`make_model(cfg)` builds the family cfg.family names:
+  "decoder"          DecoderLM here (GPT-style causal LM; prefix-LM with `prefix_mask_BL`);
+  "encoder"          lm/bert.py EncoderLM (BERT: MLM and NSP heads);
+  "encoder_decoder"  lm/encoder_decoder.py EncoderDecoderLM (T5-style).
 
 DecoderLM param tree (`params/...`):
   token_embed/embedding     [V, D]        ("vocab", "embed")
   pos_embed/embedding       [max_len, D]  ("pos", "embed")      position="learned" only
   decoder/layers/...        scanned block params, leading "layers" axis (see lm/transformer.py)
   decoder/layers_{i}/...    the same, unrolled (scan_layers=False)
-  final_norm/scale[, bias]  [D]           ("embed",)
+  decoder/relpos_bias/embedding [buckets, H] ("relpos_buckets", "heads")  position="relative"
+  final_norm/scale[, bias]  [D]           ("embed",)            norm_placement="pre" only
   output/kernel             [D, V]        ("embed", "vocab")    tie_embeddings=False only
 Logits are float32, constrained to ("batch", "length", "act_vocab").
 """
@@ -21,52 +26,67 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from lm.attention import sinusoidal_embedding
+from lm.attention import make_attention_mask
 from lm.config import ConfigError, ModelConfig
-from lm.layers import BLD, NORMS, VALID_DTYPES, Einsum, Embed, compute_dtype, fan_in_init, make_norm
-from lm.transformer import REMAT_POLICIES, DecoderStack
+from lm.layers import NORMS, VALID_DTYPES, Einsum, Embed, fan_in_init, make_norm
+from lm.transformer import REMAT_POLICIES, TransformerStack, default_positions, embed_tokens
 
-FAMILIES = ("decoder",)
-POSITIONS = ("rope", "learned", "sinusoidal")
-MLP_ACTIVATIONS = ("swiglu", "gelu")
-EMBEDDING_PARAMS = ("token_embed", "pos_embed")  # top-level subtrees excluded from N
+FAMILIES = ("decoder", "encoder", "encoder_decoder")
+POSITIONS = ("rope", "learned", "sinusoidal", "relative")
+MLP_ACTIVATIONS = ("swiglu", "gelu", "gelu_exact")
+NORM_PLACEMENTS = ("pre", "post")
+EMBEDDING_PARAMS = ("token_embed", "pos_embed", "type_embed")  # top-level subtrees excluded from N
+
+
+def make_model(cfg: ModelConfig) -> nn.Module:
+  """The Flax module of cfg.family."""
+  if cfg.family == "encoder":
+    from lm.bert import EncoderLM
+    return EncoderLM(cfg)
+  if cfg.family == "encoder_decoder":
+    from lm.encoder_decoder import EncoderDecoderLM
+    return EncoderDecoderLM(cfg)
+  return DecoderLM(cfg)
+
+
+def lm_logits(cfg: ModelConfig, embed: Embed, x_BLD: jax.Array) -> jax.Array:
+  """float32 logits from final features: tied to the token table or an `output` kernel."""
+  if cfg.tie_embeddings:
+    logits_BLV = embed.attend(x_BLD)
+  else:
+    logits_BLV = Einsum((cfg.d_model, cfg.vocab_size), ("embed", "vocab"), "bld,dv->blv",
+                        fan_in_init(), cfg, name="output")(x_BLD)
+  return nn.with_logical_constraint(logits_BLV.astype(jnp.float32),
+                                    ("batch", "length", "act_vocab"))
 
 
 class DecoderLM(nn.Module):
-  """GPT-style causal LM: embed (+ positions) -> decoder stack -> final norm -> logits."""
+  """GPT-style causal LM: embed (+ positions) -> decoder stack -> final norm -> logits.
+
+  `prefix_mask_BL` (1 = prefix token) turns it into a prefix-LM: each document's
+  prefix attends bidirectionally, the rest causally.
+  """
   cfg: ModelConfig
 
   @nn.compact
   def __call__(self, tokens_BL: jax.Array, positions_BL: Optional[jax.Array] = None,
-               segment_ids_BL: Optional[jax.Array] = None, deterministic: bool = True) -> jax.Array:
+               segment_ids_BL: Optional[jax.Array] = None, deterministic: bool = True,
+               prefix_mask_BL: Optional[jax.Array] = None) -> jax.Array:
     cfg = self.cfg
-    b, l = tokens_BL.shape
-    if positions_BL is None:
-      positions_BL = jnp.broadcast_to(jnp.arange(l, dtype=jnp.int32), (b, l))
-    if segment_ids_BL is None:
-      segment_ids_BL = jnp.ones((b, l), jnp.int32)
-
+    positions_BL, segment_ids_BL = default_positions(tokens_BL, positions_BL, segment_ids_BL)
     embed = Embed(cfg, cfg.vocab_size, name="token_embed")
-    x_BLD = embed(tokens_BL)
-    if cfg.position == "learned":
-      if l > cfg.max_len:
-        raise ValueError(f"sequence length {l} exceeds model.max_len={cfg.max_len} "
-                         "(the learned position table); raise model.max_len")
-      x_BLD = x_BLD + Embed(cfg, cfg.max_len, ("pos", "embed"), name="pos_embed")(positions_BL)
-    elif cfg.position == "sinusoidal":
-      x_BLD = x_BLD + sinusoidal_embedding(positions_BL, cfg.d_model).astype(x_BLD.dtype)
-    x_BLD = nn.with_logical_constraint(x_BLD, BLD)
-
-    x_BLD = DecoderStack(cfg, name="decoder")(x_BLD, positions_BL, segment_ids_BL, deterministic)
-    x_BLD = make_norm(cfg, "final_norm")(x_BLD)
-
-    if cfg.tie_embeddings:
-      logits_BLV = embed.attend(x_BLD)
-    else:
-      logits_BLV = Einsum((cfg.d_model, cfg.vocab_size), ("embed", "vocab"), "bld,dv->blv",
-                          fan_in_init(), cfg, name="output")(x_BLD)
-    logits_BLV = logits_BLV.astype(jnp.float32)
-    return nn.with_logical_constraint(logits_BLV, ("batch", "length", "act_vocab"))
+    x_BLD = embed_tokens(cfg, embed, tokens_BL, positions_BL)
+    if cfg.embed_norm:
+      x_BLD = make_norm(cfg, "embed_norm")(x_BLD)
+    mask_B1LS = make_attention_mask(segment_ids_BL, segment_ids_BL, causal=True,
+                                    prefix_BL=prefix_mask_BL)
+    # Bidirectional relative-position buckets (position="relative"), so the same
+    # params serve causal and prefix-LM training.
+    x_BLD = TransformerStack(cfg, name="decoder")(x_BLD, positions_BL, mask_B1LS,
+                                                  deterministic=deterministic)
+    if cfg.norm_placement == "pre":
+      x_BLD = make_norm(cfg, "final_norm")(x_BLD)
+    return lm_logits(cfg, embed, x_BLD)
 
 
 # ---------------------------------------------------------------- parameter counts
@@ -117,6 +137,7 @@ def validate_model_config(cfg: Any) -> None:
     cfg = ModelConfig(**d)
 
   _choice("family", cfg.family, FAMILIES)
+  _choice("norm_placement", cfg.norm_placement, NORM_PLACEMENTS)
   _choice("position", cfg.position, POSITIONS)
   _choice("norm", cfg.norm, tuple(NORMS))
   _choice("mlp_activation", cfg.mlp_activation, MLP_ACTIVATIONS)
@@ -128,7 +149,7 @@ def validate_model_config(cfg: Any) -> None:
     value = getattr(cfg, field)
     if not isinstance(value, int) or value < 1:
       raise ConfigError(f"model.{field}={value!r} must be an integer >= 1")
-  for field in ("num_kv_heads", "head_dim"):
+  for field in ("num_kv_heads", "head_dim", "type_vocab_size", "num_decoder_layers"):
     value = getattr(cfg, field)
     if not isinstance(value, int) or value < 0:
       raise ConfigError(f"model.{field}={value!r} must be an integer >= 0 "
@@ -153,3 +174,14 @@ def validate_model_config(cfg: Any) -> None:
     raise ConfigError(f"model.norm_eps={cfg.norm_eps} must be > 0")
   if cfg.position == "rope" and not cfg.rope_base > 0:
     raise ConfigError(f"model.rope_base={cfg.rope_base} must be > 0")
+  if cfg.position == "relative":
+    buckets, distance = cfg.relative_attention_num_buckets, cfg.relative_attention_max_distance
+    if not isinstance(buckets, int) or buckets < 4:
+      raise ConfigError(f"model.relative_attention_num_buckets={buckets!r} must be an integer "
+                        ">= 4 (half exact, half log-spaced distances per direction); T5 uses 32")
+    if not isinstance(distance, int) or distance <= buckets // 2:
+      raise ConfigError(f"model.relative_attention_max_distance={distance!r} must be an integer > "
+                        f"relative_attention_num_buckets // 2 = {buckets // 2}; T5 uses 128")
+  if cfg.num_decoder_layers and cfg.family != "encoder_decoder":
+    raise ConfigError(f"model.num_decoder_layers={cfg.num_decoder_layers} only applies to "
+                      f"model.family='encoder_decoder' (family is {cfg.family!r}); set it to 0")

@@ -11,7 +11,7 @@ not depend on the batch shape.
 from __future__ import annotations
 
 import itertools
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import grain
@@ -40,32 +40,56 @@ class Shard:
 
   Documents are read and tokenized `chunk` at a time: each array_record batched
   read starts a thread pool (~1 ms), so large chunks cost a third of single
-  reads per document. Only the latest chunk is kept.
+  reads per document. Only the latest chunk is kept. `tokenize(tokenizer, text)`
+  makes a document's entry (default: `packing.clm_ids`).
   """
 
   def __init__(self, docs: Sequence[str], tokenizer, seed: int | None,
-               process_index: int, process_count: int, chunk: int = 256):
+               process_index: int, process_count: int, chunk: int = 256,
+               tokenize: Callable[[Any, str], Any] = packing.clm_ids):
     order = grain.MapDataset.range(len(docs))
     if seed is not None:
       order = order.shuffle(seed=seed)
-    order = order[process_index::process_count]
-    self._len, self._chunk = len(order), chunk
-    self._docs, self._tokenizer = docs, tokenizer
-    self._chunks = order.batch(chunk).map(self._tokenize_chunk)
+    self._order = order[process_index::process_count]
+    self._len, self._chunk = len(self._order), chunk
+    self._docs, self._tokenizer, self._tokenize = docs, tokenizer, tokenize
+    self._chunks = self._order.batch(chunk).map(self._tokenize_chunk)
     self._cached_index, self._cached = -1, []
 
-  def _tokenize_chunk(self, doc_indices: np.ndarray) -> list[np.ndarray]:
+  def _tokenize_chunk(self, doc_indices: np.ndarray) -> list[Any]:
     texts = sources.read_many(self._docs, doc_indices.tolist())
-    return [packing.clm_ids(self._tokenizer, t) for t in texts]
+    return [self._tokenize(self._tokenizer, t) for t in texts]
 
   def __len__(self) -> int:
     return self._len
 
-  def __getitem__(self, i: int) -> np.ndarray:
+  def __getitem__(self, i: int) -> Any:
     k = i // self._chunk
     if k != self._cached_index:
       self._cached_index, self._cached = k, self._chunks[k]
     return self._cached[i % self._chunk]
+
+  def doc_index(self, i: int) -> int:
+    """Index in `docs` (the whole split) of this shard's i-th document."""
+    return int(self._order[i])
+
+  def random_other(self, i: int, rng: np.random.Generator) -> Any:
+    """A uniformly random document other than the i-th, cheaply: from i's cached chunk.
+
+    Chunks hold consecutive documents of a shuffled order, so this is a random
+    document of the split. A chunk of one (a tiny last chunk) reads one from `docs`.
+    """
+    self[i]  # makes i's chunk the cached one
+    n, j = len(self._cached), i % self._chunk
+    if n > 1:
+      other = int(rng.integers(n - 1))
+      return self._cached[other + (other >= j)]
+    if len(self._docs) < 2:
+      raise ValueError("a random other document needs at least 2 documents")
+    other = int(rng.integers(len(self._docs) - 1))
+    mine = self.doc_index(i)
+    text = sources.read_many(self._docs, [other + (other >= mine)])[0]
+    return self._tokenize(self._tokenizer, text)
 
 
 class PackedLoader:

@@ -67,7 +67,7 @@ def synthetic_config(data_cfg: Any) -> synthetic.SyntheticConfig:
   s = data_cfg.synthetic
   return synthetic.SyntheticConfig(
       seed=s.seed, num_words=s.num_words, branching=s.branching,
-      end_prob=s.end_prob, train_docs=s.train_docs, eval_docs=s.eval_docs)
+      end_prob=s.end_prob, train_docs=s.train_docs, eval_docs=s.eval_docs, topics=s.topics)
 
 
 def text_config(data_cfg: Any) -> text_files.TextFilesConfig:
@@ -112,6 +112,8 @@ def check_source_config(data_cfg: Any) -> None:
                         f"[1, data.synthetic.num_words={s.num_words}].")
     if not 0.0 < s.end_prob <= 1.0:
       raise ConfigError(f"data.synthetic.end_prob={s.end_prob} must be in (0, 1].")
+    if not isinstance(s.topics, int) or s.topics < 1:
+      raise ConfigError(f"data.synthetic.topics={s.topics!r} must be an integer >= 1.")
     if s.train_docs < 1 or s.eval_docs < 1:
       raise ConfigError("data.synthetic.train_docs and data.synthetic.eval_docs "
                         "must be >= 1.")
