@@ -54,7 +54,7 @@ def benchmark_train_step(cfg, steps: int, warmup: int) -> dict:
   import numpy as np
 
   from lm import sharding
-  from lm.metrics import flops_per_token
+  from lm.metrics import step_cost
   from lm.steps import make_train_step
   from lm.train import init_train_state, setup_run
 
@@ -90,15 +90,16 @@ def benchmark_train_step(cfg, steps: int, warmup: int) -> dict:
       jax.block_until_ready(state)
       times.append(time.perf_counter() - t)
   step_s = statistics.median(times)
-  flops_tok = flops_per_token(model_cfg, l)
+  tokens, flops = step_cost(model_cfg, {k: v.shape for k, v in host_batch.items()})
+  flops_tok = flops / tokens
   return {
       "num_params": init.num_params,
       "flops_per_token": flops_tok,
       "compile_s": compile_s,
       "step_time_s": step_s,
       "step_time_min_s": min(times),
-      "tokens_per_s": b * l / step_s,
-      "achieved_flops": b * l * flops_tok / step_s,
+      "tokens_per_s": tokens / step_s,
+      "achieved_flops": flops / step_s,
       "devices": len(devices),
       "platform": devices[0].platform,
       "device_kind": devices[0].device_kind,

@@ -30,10 +30,12 @@ flags.mark_flags_as_required(["config"])
 def format_record(r: dict) -> str:
   """One progress line: step/total, loss, tokens/s, ETA (train) or eval metrics."""
   if r["split"] == "eval":
+    names = {"loss": "loss", "loss_stderr": "±", "perplexity": "ppl", "bits_per_byte": "bits/byte",
+             "accuracy": "acc", "mlm_accuracy": "mlm acc", "nsp_accuracy": "nsp acc"}
+    parts = [f"{label} {r[key]:.4f}" for key, label in names.items() if key in r]
     floor = r.get("entropy_floor_bpb")
-    extra = f" (floor {floor:.3f})" if floor is not None else ""
-    return (f"eval  step {r['step']}: loss {r['loss']:.4f}  ppl {r['perplexity']:.2f}  "
-            f"bits/byte {r['bits_per_byte']:.4f}{extra}")
+    extra = f" (floor {floor:.3f})" if floor is not None and "bits_per_byte" in r else ""
+    return f"eval  step {r['step']}: " + "  ".join(parts) + extra
   total, step = r["total_steps"], r["step"]
   eta = (total - step) * r["step_time_s"]
   return (f"train step {step}/{total}: loss {r['loss']:.4f}  lr {r['learning_rate']:.2e}  "

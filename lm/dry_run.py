@@ -15,7 +15,7 @@ import ml_collections
 import numpy as np
 
 from lm import sharding
-from lm.metrics import flops_per_token
+from lm.metrics import step_cost
 from lm.steps import make_train_step
 from lm.train import abstract_train_state, setup_run
 
@@ -51,10 +51,11 @@ def dry_run(cfg: ml_collections.ConfigDict, devices: Sequence[jax.Device] | None
   temp_b = int(getattr(mem, "temp_size_in_bytes", 0)) if mem is not None else 0
   total_b = params_b + opt_b + temp_b
   num_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(abstract.params))
+  tokens, flops = step_cost(model_cfg, {k: v.shape for k, v in example.items()})
   report = {
       "num_params": num_params,
-      "flops_per_token": flops_per_token(model_cfg, seq_len),
-      "flops_per_step": flops_per_token(model_cfg, seq_len) * batch_size * seq_len,
+      "flops_per_token": flops / tokens,
+      "flops_per_step": flops,
       "mesh": dict(mesh.shape),
       "devices": len(devices),
       "per_device_gib": {"params": params_b / GIB, "optimizer": opt_b / GIB, "temporaries": temp_b / GIB,

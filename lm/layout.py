@@ -54,8 +54,8 @@ def storage_abstract(abstract_state: Any, scan_layers: bool, num_layers: int) ->
   def convert(d: Mapping) -> dict:
     found = sorted(int(m.group(1)) for m in map(_UNROLLED.match, d) if m)
     out = {k: (convert(v) if isinstance(v, Mapping) else v) for k, v in d.items() if not _UNROLLED.match(k)}
-    if found:
-      layers = [d[f"layers_{i}"] for i in range(num_layers)]
+    if found:  # each stack has its own depth (an encoder-decoder's decoder may differ)
+      layers = [d[f"layers_{i}"] for i in found]
       out["layers"] = jax.tree_util.tree_map(lambda *xs: _stacked_leaf(list(xs)), *layers)
     return out
 

@@ -30,10 +30,47 @@ def matmul_params(cfg: ModelConfig) -> int:
 
 
 def flops_per_token(cfg: ModelConfig, seq_len: int) -> float:
-  """Training FLOPs per token (see module docstring)."""
+  """Training FLOPs per token of a decoder-only model (see module docstring)."""
   dense = 6 * (matmul_params(cfg) + cfg.d_model * cfg.vocab_size)
   attention = 6 * cfg.num_layers * seq_len * cfg.num_heads * cfg.resolved_head_dim
   return float(dense + attention)
+
+
+def _layer_params(cfg: ModelConfig) -> tuple[int, int]:
+  """(attention projection params, MLP params) of one layer."""
+  d, h, g, k = cfg.d_model, cfg.num_heads, cfg.kv_heads, cfg.resolved_head_dim
+  mlp = (3 if cfg.mlp_activation == "swiglu" else 2) * d * cfg.mlp_dim
+  return d * h * k + 2 * d * g * k + h * k * d, mlp
+
+
+def step_cost(cfg: ModelConfig, batch_shapes: dict[str, tuple[int, ...]]) -> tuple[int, float]:
+  """(tokens, training FLOPs) of one step, per family, from the batch's array shapes.
+
+  Same conventions as the module docstring, extended:
+  * encoder (bidirectional) attention is full: 12 * layers * T * d_attn per token;
+  * an encoder-decoder counts encoder tokens S and decoder tokens T: encoder layers on S
+    tokens, decoder self-attention causal over T, cross-attention full over S (its K/V
+    projections run on encoder tokens), and the output projection on decoder tokens;
+  * the MLM head (d x d transform + tied output) runs on every position.
+  Tokens are all input positions processed (encoder + decoder for encoder-decoders).
+  """
+  d_attn = cfg.num_heads * cfg.resolved_head_dim
+  attn_p, mlp_p = _layer_params(cfg)
+  out = cfg.d_model * cfg.vocab_size
+  if cfg.family == "encoder_decoder":
+    b, s = batch_shapes["encoder_inputs"][:2]
+    t = batch_shapes["decoder_inputs"][1]
+    dec_layers = cfg.num_decoder_layers or cfg.num_layers
+    enc = b * s * (6 * cfg.num_layers * (attn_p + mlp_p) + 12 * cfg.num_layers * s * d_attn)
+    dec_self = b * t * (6 * dec_layers * (attn_p + mlp_p) + 6 * dec_layers * t * d_attn)
+    kv_p = 2 * cfg.d_model * cfg.kv_heads * cfg.resolved_head_dim
+    cross = 6 * dec_layers * (b * t * (attn_p - kv_p) + b * s * kv_p) + b * t * 12 * dec_layers * s * d_attn
+    return b * (s + t), float(enc + dec_self + cross + 6 * b * t * out)
+  b, t = batch_shapes["inputs"][:2]
+  if cfg.family == "encoder":
+    per_token = 6 * (cfg.num_layers * (attn_p + mlp_p) + cfg.d_model ** 2 + out) + 12 * cfg.num_layers * t * d_attn
+    return b * t, float(b * t * per_token)
+  return b * t, float(b * t * flops_per_token(cfg, t))
 
 
 class MetricsWriter:

@@ -78,10 +78,12 @@ def make_train_step(objective, model: nn.Module, tx: optax.GradientTransformatio
 
   def train_step(state: TrainState, batch: dict) -> tuple[TrainState, dict]:
     rng = jax.random.fold_in(dropout_key, state.step)
-    num_tokens = jnp.maximum(batch["weights"].sum(), 1.0) if "weights" in batch else None
     if accum == 1:
-      (loss, aux), grads = grad_fn(state.params, batch, rng, num_tokens)
+      (loss, aux), grads = grad_fn(state.params, batch, rng, None)
     else:
+      # Each microbatch loss is normalised by the whole batch's count, so they sum to the full loss.
+      normalizer = getattr(objective, "loss_normalizer", None)
+      num_tokens = normalizer(batch) if normalizer is not None else None
       micro = _split_microbatches(batch, accum)
       zeros = jax.tree.map(jnp.zeros_like, state.params)
 

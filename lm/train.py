@@ -30,7 +30,7 @@ import optax
 from lm import layout, sharding
 from lm.checkpoint import Checkpointer
 from lm.config import ConfigError, ModelConfig, config_diff, validate
-from lm.metrics import MetricsWriter, flops_per_token, peak_flops
+from lm.metrics import MetricsWriter, peak_flops, step_cost
 from lm.objectives import get_objective
 from lm.steps import TrainState, make_eval_step, make_optimizer, make_train_step, track_nonfinite
 from lm.workdir import check_existing_config, write_run_files
@@ -60,7 +60,7 @@ class RunSetup:
 def setup_run(cfg: ml_collections.ConfigDict, devices: Sequence[jax.Device]) -> RunSetup:
   """Validate the config for these devices and build mesh, rules, model and optimizer (no compute)."""
   validate(cfg, len(devices), jax.process_count())
-  objective = get_objective(cfg.objective)
+  objective = get_objective(cfg.objective, cfg)
   model_cfg = ModelConfig.from_config(cfg.model)
   mesh = sharding.make_mesh(cfg.mesh, devices)
   tx, schedule = make_optimizer(cfg.train)
@@ -288,9 +288,7 @@ def train(cfg: ml_collections.ConfigDict, workdir: str,
   writer = MetricsWriter(workdir, enabled=is_writer)
   ckpt = Checkpointer(ckpt_dir, keep=cfg.train.keep_checkpoints)
 
-  seq_len, batch_size = cfg.data.seq_len, cfg.train.batch_size
-  flops_tok = flops_per_token(model_cfg, seq_len)
-  tokens_per_step = batch_size * seq_len
+  seq_len = cfg.data.seq_len
   peak, peak_source = peak_flops(devices, cfg.train.peak_flops_per_device)
   batch_sh = sharding.batch_sharding(mesh)
   policy = cfg.train.nonfinite
@@ -347,8 +345,9 @@ def train(cfg: ml_collections.ConfigDict, workdir: str,
       dt = max(now - t_prev, 1e-9)
       tokens = step * tokens_per_step
       tok_s = (step - step_prev) * tokens_per_step / dt
+      flops_tok = flops_per_step / tokens_per_step
       m.pop("nonfinite")
-      emit({"step": step, "split": "train", **m, "tokens_seen": tokens, "flops_seen": tokens * flops_tok,
+      emit({"step": step, "split": "train", **m, "tokens_seen": tokens, "flops_seen": step * flops_per_step,
             "tokens_per_s": tok_s, "step_time_s": dt / max(step - step_prev, 1),
             "mfu": tok_s * flops_tok / peak if peak > 0 else float("nan"),
             "skipped_steps": int(nbad), "wall_s": wall_offset + now - t0,
@@ -359,7 +358,10 @@ def train(cfg: ml_collections.ConfigDict, workdir: str,
       preempted = False
       compile_s = 0.0
       if start_step < cfg.train.num_steps:  # compile ahead so throughput excludes compilation
-        batch = sharding.put_batch(next(data.train), mesh)
+        host_batch = next(data.train)
+        tokens_per_step, flops_per_step = step_cost(
+            model_cfg, {k: (v.shape[0] * process_count,) + v.shape[1:] for k, v in host_batch.items()})
+        batch = sharding.put_batch(host_batch, mesh)
         t_compile = time.perf_counter()
         step_fn = step_fn.lower(state, batch).compile()
         compile_s = time.perf_counter() - t_compile
@@ -387,7 +389,7 @@ def train(cfg: ml_collections.ConfigDict, workdir: str,
             pending = None
           ev = evaluate(objective, eval_fn, state.params, data.eval_batches, mesh)
           tokens = done * tokens_per_step
-          emit({"step": done, "split": "eval", **ev, "tokens_seen": tokens, "flops_seen": tokens * flops_tok,
+          emit({"step": done, "split": "eval", **ev, "tokens_seen": tokens, "flops_seen": done * flops_per_step,
                 "wall_s": wall_offset + time.perf_counter() - t0, **data.metadata})
           clock.update(t=time.perf_counter(), step=done)  # eval time is not training throughput
         if after_step is not None:

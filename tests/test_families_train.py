@@ -110,3 +110,30 @@ def test_other_objectives_train(tmp_path, data_dir, objective, family):
   assert np.isfinite(summary["eval"]["loss"])
   assert ("mlm_accuracy" in summary["eval"]) == (objective == "mlm")
   assert ("bits_per_byte" in summary["eval"]) == (objective == "seq2seq")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("family", ["bert", "t5"])
+def test_grad_accumulation_matches_full_batch(tmp_path, data_dir, family):
+  common = {"train.num_steps": 2, "train.eval_every": 2, "train.checkpoint_every": 2, "mesh.data": 2,
+            "model.num_layers": 1}
+  train(family_config(data_dir, family, **common), str(tmp_path / "full"), devices=jax.devices()[:2])
+  train(family_config(data_dir, family, **common, **{"train.grad_accum_steps": 2}), str(tmp_path / "accum"),
+        devices=jax.devices()[:2])
+  a, b = losses(str(tmp_path / "full")), losses(str(tmp_path / "accum"))
+  np.testing.assert_allclose([l for _, l in b], [l for _, l in a], rtol=1e-5)
+
+
+def test_encoder_decoder_step_cost_counts_both_sides():
+  from lm.config import ModelConfig
+  from lm.metrics import step_cost
+
+  cfg = ModelConfig(family="encoder_decoder", d_model=32, num_layers=2, num_decoder_layers=1, num_heads=4,
+                    mlp_dim=64, vocab_size=320, mlp_activation="gelu")
+  tokens, flops = step_cost(cfg, {"encoder_inputs": (8, 32), "decoder_inputs": (8, 16)})
+  assert tokens == 8 * (32 + 16)
+  attn, mlp, out = 4 * 32 * 32, 2 * 32 * 64, 32 * 320
+  enc = 8 * 32 * (6 * 2 * (attn + mlp) + 12 * 2 * 32 * 32)
+  dec = 8 * 16 * (6 * (attn + mlp) + 6 * 16 * 32)
+  cross = 6 * (8 * 16 * (attn - 2 * 32 * 32) + 8 * 32 * 2 * 32 * 32) + 8 * 16 * 12 * 32 * 32
+  assert flops == enc + dec + cross + 6 * 8 * 16 * out
