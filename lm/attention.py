@@ -206,7 +206,11 @@ class MultiHeadAttention(nn.Module):
   """Attention with cfg.num_heads query heads and cfg.kv_heads kv heads (GQA/MQA).
 
   Self-attention by default; cross-attention when `kv_BSD` (e.g. encoder outputs)
-  is given. Params: query/key/value/out, each `{name}/kernel` (+ `{name}/bias`
+  is given. Decoding passes `cache_kv` = (k [B, T, G, K], v [B, T, G, K]) and the
+  slot `cache_index` of the first new token: the new keys/values are written
+  there, the queries attend over all T slots (`mask_B1LS` is [B, 1, L, T]) and
+  the call returns (y, (k, v)). Without a cache nothing changes (training).
+  Params: query/key/value/out, each `{name}/kernel` (+ `{name}/bias`
   with cfg.use_bias). RoPE is applied to q and k when cfg.position == "rope" and
   `rope` is set (cross-attention has no shared position axis, so it sets rope=False).
   """
@@ -216,7 +220,8 @@ class MultiHeadAttention(nn.Module):
   @nn.compact
   def __call__(self, x_BLD: jax.Array, positions_BL: jax.Array,
                mask_B1LS: Optional[jax.Array], kv_BSD: Optional[jax.Array] = None,
-               bias_BHLS: Optional[jax.Array] = None) -> jax.Array:
+               bias_BHLS: Optional[jax.Array] = None, cache_kv=None,
+               cache_index: Optional[jax.Array] = None):
     cfg = self.cfg
     if kv_BSD is None:
       kv_BSD = x_BLD
@@ -234,10 +239,17 @@ class MultiHeadAttention(nn.Module):
     q_BLHK = nn.with_logical_constraint(q_BLHK, BLHK)
     k_BSGK = nn.with_logical_constraint(k_BSGK, BSGK)
     v_BSGK = nn.with_logical_constraint(v_BSGK, BSGK)
+    if cache_kv is not None:
+      start = (0, cache_index, 0, 0)
+      k_BSGK = jax.lax.dynamic_update_slice(cache_kv[0], k_BSGK.astype(cache_kv[0].dtype), start)
+      v_BSGK = jax.lax.dynamic_update_slice(cache_kv[1], v_BSGK.astype(cache_kv[1].dtype), start)
+      k_BSGK = nn.with_logical_constraint(k_BSGK, BSGK)
+      v_BSGK = nn.with_logical_constraint(v_BSGK, BSGK)
 
     out_BLHK = dot_product_attention(q_BLHK, k_BSGK, v_BSGK, mask_B1LS, bias_BHLS)
     out_BLHK = nn.with_logical_constraint(out_BLHK, BLHK)
     out_init = fan_in_init(out_proj_scale(cfg), in_axis=(0, 1), out_axis=2)
     y_BLD = Einsum((h, k, d), ("heads", "kv", "embed"), "blhk,hkd->bld", out_init, cfg,
                    name="out")(out_BLHK.astype(compute_dtype(cfg)))
-    return nn.with_logical_constraint(y_BLD, BLD)
+    y_BLD = nn.with_logical_constraint(y_BLD, BLD)
+    return y_BLD if cache_kv is None else (y_BLD, (k_BSGK, v_BSGK))

@@ -101,6 +101,12 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.mean_span_length = 3.0  # span_corruption: mean noise span length
   c.data.target_seq_len = 0  # encoder-decoder decoder row length; 0 = auto (span_corruption: what the noise needs; seq2seq: seq_len)
   c.data.prefix_fraction = 0.0  # prefix_lm, seq2seq: prefix share of each example; 0 = uniform random split point
+  # dataset="instructions" (lm/data/instructions.py): JSONL of {"prompt","response"} or {"messages"}
+  c.data.instructions_glob = ""
+  c.data.instructions_validation_glob = ""  # "" = hold out data.eval_fraction of instructions_glob
+  # A tokenizer.model to use as is; "" = train/cache one, except that with train.init_from set
+  # the pretrained run's <WORKDIR>/tokenizer.model is used (tuning must keep its ids).
+  c.data.tokenizer_path = ""
   c.data.synthetic = ml_collections.ConfigDict()
   c.data.synthetic.seed = 0
   c.data.synthetic.num_words = 48

@@ -95,26 +95,39 @@ class EncoderDecoderLM(nn.Module):
   def decode(self, encoded_BSD: jax.Array, encoder_segment_ids_BS: Optional[jax.Array],
              decoder_tokens_BL: jax.Array, decoder_positions_BL: Optional[jax.Array] = None,
              decoder_segment_ids_BL: Optional[jax.Array] = None,
-             deterministic: bool = True) -> jax.Array:
-    """Decoder logits [B, L, V], float32, given the encoder outputs."""
+             deterministic: bool = True, cache: Optional[dict] = None):
+    """Decoder logits [B, L, V], float32, given the encoder outputs.
+
+    With `cache` (a decoder self-attention KV cache, see lm/models.py DecoderLM)
+    returns (logits, the updated cache); the encoder outputs are reused as given.
+    """
+    from lm.models import cache_mask, cache_write  # models import this module
     cfg = self.cfg
     positions_BL, segment_ids_BL = default_positions(
         decoder_tokens_BL, decoder_positions_BL, decoder_segment_ids_BL)
     if encoder_segment_ids_BS is None:
       encoder_segment_ids_BS = jnp.ones(encoded_BSD.shape[:2], jnp.int32)
     x_BLD = self._embed(decoder_tokens_BL, positions_BL, deterministic)
-    self_mask_B1LL = make_attention_mask(segment_ids_BL, segment_ids_BL, causal=True)
     cross_mask_B1LS = make_attention_mask(segment_ids_BL, encoder_segment_ids_BS, causal=False)
-    x_BLD = self.decoder(x_BLD, positions_BL, self_mask_B1LL, encoded_BSD, cross_mask_B1LS,
-                         deterministic=deterministic)
+    if cache is None:
+      self_mask_B1LL = make_attention_mask(segment_ids_BL, segment_ids_BL, causal=True)
+      x_BLD = self.decoder(x_BLD, positions_BL, self_mask_B1LL, encoded_BSD, cross_mask_B1LS,
+                           deterministic=deterministic)
+    else:
+      cache = cache_write(cache, segment_ids_BL, positions_BL)
+      x_BLD, (k, v) = self.decoder(x_BLD, positions_BL, cache_mask(cache, segment_ids_BL),
+                                   encoded_BSD, cross_mask_B1LS, cache_kv=(cache["k"], cache["v"]),
+                                   cache_index=cache["index"], kv_positions_BS=cache["positions"])
+      cache = dict(cache, k=k, v=v, index=cache["index"] + decoder_tokens_BL.shape[1])
     if cfg.norm_placement == "pre":
       x_BLD = self.decoder_norm(x_BLD)
     if cfg.tie_embeddings:
       logits_BLV = self.token_embed.attend(x_BLD)
     else:
       logits_BLV = self.output(x_BLD)
-    return nn.with_logical_constraint(logits_BLV.astype(jnp.float32),
-                                      ("batch", "length", "act_vocab"))
+    logits_BLV = nn.with_logical_constraint(logits_BLV.astype(jnp.float32),
+                                            ("batch", "length", "act_vocab"))
+    return logits_BLV if cache is None else (logits_BLV, cache)
 
   def __call__(self, encoder_tokens_BS: jax.Array, decoder_tokens_BL: jax.Array,
                encoder_positions_BS: Optional[jax.Array] = None,

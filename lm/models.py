@@ -65,28 +65,61 @@ class DecoderLM(nn.Module):
 
   `prefix_mask_BL` (1 = prefix token) turns it into a prefix-LM: each document's
   prefix attends bidirectionally, the rest causally.
+
+  `cache` (decoding, lm/decode.py): a dict of k, v [layers, B, T, G, K], the
+  segment ids and positions of the T slots [B, T] and `index`, the slot of the
+  first of the L new tokens. The call then returns (logits, the updated cache).
   """
   cfg: ModelConfig
 
   @nn.compact
   def __call__(self, tokens_BL: jax.Array, positions_BL: Optional[jax.Array] = None,
                segment_ids_BL: Optional[jax.Array] = None, deterministic: bool = True,
-               prefix_mask_BL: Optional[jax.Array] = None) -> jax.Array:
+               prefix_mask_BL: Optional[jax.Array] = None, cache: Optional[dict] = None):
     cfg = self.cfg
     positions_BL, segment_ids_BL = default_positions(tokens_BL, positions_BL, segment_ids_BL)
     embed = Embed(cfg, cfg.vocab_size, name="token_embed")
     x_BLD = embed_tokens(cfg, embed, tokens_BL, positions_BL)
     if cfg.embed_norm:
       x_BLD = make_norm(cfg, "embed_norm")(x_BLD)
-    mask_B1LS = make_attention_mask(segment_ids_BL, segment_ids_BL, causal=True,
-                                    prefix_BL=prefix_mask_BL)
+    stack = TransformerStack(cfg, name="decoder")
     # Bidirectional relative-position buckets (position="relative"), so the same
     # params serve causal and prefix-LM training.
-    x_BLD = TransformerStack(cfg, name="decoder")(x_BLD, positions_BL, mask_B1LS,
-                                                  deterministic=deterministic)
+    if cache is None:
+      mask_B1LS = make_attention_mask(segment_ids_BL, segment_ids_BL, causal=True,
+                                      prefix_BL=prefix_mask_BL)
+      x_BLD = stack(x_BLD, positions_BL, mask_B1LS, deterministic=deterministic)
+    else:
+      cache = cache_write(cache, segment_ids_BL, positions_BL)
+      mask_B1LS = cache_mask(cache, segment_ids_BL)
+      x_BLD, (k, v) = stack(x_BLD, positions_BL, mask_B1LS, cache_kv=(cache["k"], cache["v"]),
+                            cache_index=cache["index"], kv_positions_BS=cache["positions"])
+      cache = dict(cache, k=k, v=v, index=cache["index"] + tokens_BL.shape[1])
     if cfg.norm_placement == "pre":
       x_BLD = make_norm(cfg, "final_norm")(x_BLD)
-    return lm_logits(cfg, embed, x_BLD)
+    logits_BLV = lm_logits(cfg, embed, x_BLD)
+    return logits_BLV if cache is None else (logits_BLV, cache)
+
+
+def cache_write(cache: dict, segment_ids_BL, positions_BL) -> dict:
+  """Records the new tokens' segment ids and positions at slots index..index+L-1."""
+  idx = cache["index"]
+  return dict(cache,
+              segment_ids=jax.lax.dynamic_update_slice(
+                  cache["segment_ids"], segment_ids_BL.astype(jnp.int32), (0, idx)),
+              positions=jax.lax.dynamic_update_slice(
+                  cache["positions"], positions_BL.astype(jnp.int32), (0, idx)))
+
+
+def cache_mask(cache: dict, segment_ids_BL) -> jax.Array:
+  """[B, 1, L, T]: causal over slots (new token i sits at slot index + i), padding and
+  empty slots (segment 0) excluded."""
+  b, l = segment_ids_BL.shape
+  t = cache["segment_ids"].shape[1]
+  q_slots_BL = jnp.broadcast_to(cache["index"] + jnp.arange(l, dtype=jnp.int32), (b, l))
+  kv_slots_BT = jnp.broadcast_to(jnp.arange(t, dtype=jnp.int32), (b, t))
+  return make_attention_mask(segment_ids_BL, cache["segment_ids"], causal=True,
+                             q_positions=q_slots_BL, kv_positions=kv_slots_BT)
 
 
 # ---------------------------------------------------------------- parameter counts

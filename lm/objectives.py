@@ -9,6 +9,8 @@ its data preprocessing (lm/data/). Registered (cfg.objective -> family):
   mlm_nsp          encoder          MLM + data.nsp_loss_weight * next-sentence prediction
   span_corruption  encoder_decoder  T5 sentinel-span targets
   seq2seq          encoder_decoder  target given input (instruction tuning builds on it)
+  sft              decoder          CLM loss on assistant tokens only (lm/data/sft.py weights)
+  sft_seq2seq      encoder_decoder  the conversation history in, the assistant turn out
 
 Normalisers: `loss_normalizer(batch)` gives what a loss divides by over a batch
 (a scalar, or a dict for MLM+NSP: masked tokens and examples). With gradient
@@ -34,7 +36,8 @@ from lm.config import ConfigError, ModelConfig
 
 OBJECTIVE_FAMILIES = {"clm": "decoder", "prefix_lm": "decoder", "mlm": "encoder",
                       "mlm_nsp": "encoder", "span_corruption": "encoder_decoder",
-                      "seq2seq": "encoder_decoder"}
+                      "seq2seq": "encoder_decoder", "sft": "decoder",
+                      "sft_seq2seq": "encoder_decoder"}
 
 
 def check_family(objective: str, family: str) -> None:
@@ -335,8 +338,19 @@ class MaskedLMNSP(MaskedLM):
   nsp = True
 
 
+class SFT(CausalLM):
+  """Instruction tuning, decoder-only: CausalLM's loss; the data weights only response
+  (assistant) tokens, so the loss is normalised by the response tokens of the batch."""
+  name = "sft"
+
+
+class SFTSeq2Seq(EncoderDecoderLM):
+  """Instruction tuning, encoder-decoder: prompt to the encoder, response as the target."""
+  name = "sft_seq2seq"
+
+
 OBJECTIVES = {cls.name: cls for cls in (CausalLM, PrefixLM, MaskedLM, MaskedLMNSP,
-                                        SpanCorruption, EncoderDecoderLM)}
+                                        SpanCorruption, EncoderDecoderLM, SFT, SFTSeq2Seq)}
 
 
 def get_objective(name: str, cfg: Any = None):

@@ -74,14 +74,20 @@ class Block(nn.Module):
 
   @nn.compact
   def __call__(self, x_BLD, positions_BL, mask_B1LS, bias_BHLS, encoded_BSD, cross_mask_B1LS,
-               deterministic: bool):
+               deterministic: bool, cache_kv=None, cache_index=None):
+    """Returns x, or (x, new (k, v)) when decoding with a KV cache (`cache_kv`)."""
     cfg = self.cfg
     drop = nn.Dropout(cfg.dropout_rate)
     use_dropout = cfg.dropout_rate > 0 and not deterministic
+    new_kv = []
 
     def self_attention(h_BLD):
       h_BLD = MultiHeadAttention(cfg, name="attention")(h_BLD, positions_BL, mask_B1LS,
-                                                        bias_BHLS=bias_BHLS)
+                                                        bias_BHLS=bias_BHLS, cache_kv=cache_kv,
+                                                        cache_index=cache_index)
+      if cache_kv is not None:
+        h_BLD, kv = h_BLD
+        new_kv.append(kv)
       return checkpoint_name(h_BLD, ATTENTION_OUT)
 
     x_BLD = self._sublayer(x_BLD, "attention_norm", self_attention, drop, use_dropout)
@@ -90,14 +96,16 @@ class Block(nn.Module):
       x_BLD = self._sublayer(x_BLD, "cross_attention_norm",
                              lambda h: cross(h, positions_BL, cross_mask_B1LS, kv_BSD=encoded_BSD),
                              drop, use_dropout)
-    return self._sublayer(x_BLD, "mlp_norm", MLP(cfg, name="mlp"), drop, use_dropout)
+    x_BLD = self._sublayer(x_BLD, "mlp_norm", MLP(cfg, name="mlp"), drop, use_dropout)
+    return x_BLD if cache_kv is None else (x_BLD, new_kv[0])
 
 
 class _ScanBlock(Block):
-  """Block in nn.scan's (carry, *xs) -> (carry, ys) form; same params."""
+  """Block in nn.scan's (carry, *xs) -> (carry, ys) form; same params (ys: the new KV cache)."""
 
   def __call__(self, x_BLD, *args):
-    return super().__call__(x_BLD, *args), None
+    out = super().__call__(x_BLD, *args)
+    return out if isinstance(out, tuple) else (out, None)
 
 
 class TransformerStack(nn.Module):
@@ -113,14 +121,21 @@ class TransformerStack(nn.Module):
 
   @nn.compact
   def __call__(self, x_BLD, positions_BL, mask_B1LS, encoded_BSD=None, cross_mask_B1LS=None,
-               deterministic: bool = True):
+               deterministic: bool = True, cache_kv=None, cache_index=None,
+               kv_positions_BS=None):
+    """x [B, L, D] -> x; decoding with `cache_kv` = (k, v) [layers, B, T, G, K] (the slot
+    of the first new token `cache_index`, the positions of all T slots `kv_positions_BS`)
+    returns (x, new (k, v))."""
     cfg = self.cfg
     num_layers = self.num_layers or cfg.num_layers
     x_BLD = x_BLD.astype(compute_dtype(cfg))  # the scan carry keeps one dtype
     bias_BHLS = None
     if cfg.position == "relative":
       bias_BHLS = RelativePositionBias(cfg, self.bidirectional_bias, name="relpos_bias")(
-          positions_BL, positions_BL)
+          positions_BL, positions_BL if kv_positions_BS is None else kv_positions_BS)
+    if cache_kv is not None:
+      return self._cached(x_BLD, num_layers, positions_BL, mask_B1LS, bias_BHLS, encoded_BSD,
+                          cross_mask_B1LS, cache_kv, cache_index)
     block_cls = _ScanBlock if cfg.scan_layers else Block
     if cfg.remat_policy != "none":
       # Arg 7 (counting self) is `deterministic`, a Python bool.
@@ -140,6 +155,29 @@ class TransformerStack(nn.Module):
       for i in range(num_layers):
         x_BLD = block_cls(cfg, self.cross_attention, name=f"layers_{i}")(x_BLD, *args)
     return x_BLD
+
+
+  def _cached(self, x_BLD, num_layers, positions_BL, mask_B1LS, bias_BHLS, encoded_BSD,
+              cross_mask_B1LS, cache_kv, cache_index):
+    # Same submodule names as __call__, so the same params; no remat (inference).
+    cfg = self.cfg
+    args = (positions_BL, mask_B1LS, bias_BHLS, encoded_BSD, cross_mask_B1LS, True)
+    if cfg.scan_layers:
+      scanned = nn.scan(
+          _ScanBlock,
+          variable_axes={"params": 0},
+          split_rngs={"params": True, "dropout": True},
+          in_axes=(nn.broadcast,) * len(args) + (0, nn.broadcast),
+          length=num_layers,
+          metadata_params={nn.PARTITION_NAME: "layers"})
+      return scanned(cfg, self.cross_attention, name="layers")(x_BLD, *args, cache_kv, cache_index)
+    ks, vs = [], []
+    for i in range(num_layers):
+      x_BLD, (k, v) = Block(cfg, self.cross_attention, name=f"layers_{i}")(
+          x_BLD, *args, (cache_kv[0][i], cache_kv[1][i]), cache_index)
+      ks.append(k)
+      vs.append(v)
+    return x_BLD, (jnp.stack(ks), jnp.stack(vs))
 
 
 def embed_tokens(cfg: ModelConfig, embed: Embed, tokens_BL, positions_BL, pos_embed_name="pos_embed"):

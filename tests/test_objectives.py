@@ -10,6 +10,7 @@ import pytest
 from lm.config import ConfigError, ModelConfig
 from lm.data import preprocessing
 from lm.objectives import OBJECTIVES, get_objective
+from lm.objectives import OBJECTIVE_FAMILIES
 from tests.test_data_examples import OBJECTIVES as FAMILIES, CharTokenizer, _cfg, _docs
 
 B, L = 4, 32
@@ -120,7 +121,7 @@ def test_eval_metrics_per_objective(objective, keys, absent):
 
 def test_objectives_refuse_the_wrong_family():
   for name, obj_cls in OBJECTIVES.items():
-    family = FAMILIES.get(name, "decoder")
+    family = FAMILIES.get(name) or OBJECTIVE_FAMILIES.get(name, "decoder")
     wrong = "encoder" if family != "encoder" else "decoder"
     with pytest.raises(ConfigError, match=f"model.family='{family}'"):
       obj_cls().make_model(ModelConfig(family=wrong))

@@ -10,6 +10,8 @@ cfg.objective picks the preprocessing and the batch keys:
   mlm_nsp          + nsp_labels, nsp_weights
   span_corruption  encoder_{inputs,segment_ids,positions}, decoder_{inputs,targets,weights,
   seq2seq            segment_ids,positions} (lm/data/spans.py, lm/data/prefix.py)
+  sft              CLM's keys from conversations, weights on assistant tokens only (lm/data/sft.py)
+  sft_seq2seq      encoder-decoder keys: history -> assistant turn
 Every array is [per-process batch, length]; encoder-decoder decoder rows have
 `decoder_seq_len(cfg)` positions, everything else data.seq_len.
 """
@@ -30,8 +32,9 @@ from lm.data.tokenizer import get_or_train_tokenizer
 __all__ = ["DataBundle", "build_data", "PackedLoader", "Tokenizer", "eval_batches",
            "open_text_source", "OBJECTIVE_DATA", "decoder_seq_len"]
 
-OBJECTIVE_DATA = ("clm", "prefix_lm", "mlm", "mlm_nsp", "span_corruption", "seq2seq")
-ENCODER_DECODER_DATA = ("span_corruption", "seq2seq")
+OBJECTIVE_DATA = ("clm", "prefix_lm", "mlm", "mlm_nsp", "span_corruption", "seq2seq", "sft",
+                  "sft_seq2seq")
+ENCODER_DECODER_DATA = ("span_corruption", "seq2seq", "sft_seq2seq")
 _STREAMS = {name: i for i, name in enumerate(OBJECTIVE_DATA)}
 
 
@@ -141,6 +144,9 @@ def preprocessing(cfg: Any, tokenizer: Tokenizer, batch_size: int):
       tokenize = lambda tok, text: mlm.capped_sentences(examples.sentence_ids(tok, text), cap)
       make = lambda sents, rng, other: mlm.nsp_examples(sents, spec, rng, other, seq_len)
     return tokenize, make, lambda: examples.RowPacker(batch_size, {"": seq_len}, fields)
+  if objective in ("sft", "sft_seq2seq"):
+    from lm.data import sft
+    return sft.preprocessing(cfg, tokenizer, batch_size, decoder_seq_len(cfg))
   if objective == "prefix_lm":
     from lm.data.packing import clm_ids
     make = lambda ids, rng, other: prefix.prefix_lm_examples(ids, seq_len, d.prefix_fraction, rng)
@@ -159,6 +165,27 @@ def preprocessing(cfg: Any, tokenizer: Tokenizer, batch_size: int):
   return examples.text_ids, make, new_packer
 
 
+def run_tokenizer(cfg: Any, train_docs) -> Tokenizer:
+  """data.tokenizer_path; else the train.init_from run's tokenizer; else the cached/trained one."""
+  import os
+  path = cfg.data.tokenizer_path
+  if not path and cfg.train.init_from:
+    src = os.path.abspath(cfg.train.init_from)
+    for _ in range(3):  # WORKDIR, WORKDIR/checkpoints, WORKDIR/checkpoints/<step>
+      if os.path.exists(os.path.join(src, "tokenizer.model")):
+        path = os.path.join(src, "tokenizer.model")
+        break
+      src = os.path.dirname(src)
+    else:
+      raise ConfigError(f"train.init_from={cfg.train.init_from!r} has no tokenizer.model in its "
+                        "WORKDIR; set data.tokenizer_path to the pretrained run's tokenizer.")
+  if path:
+    if not os.path.exists(path):
+      raise ConfigError(f"data.tokenizer_path={path!r} does not exist.")
+    return Tokenizer.load(path)
+  return get_or_train_tokenizer(cfg.data, cfg.model.vocab_size, train_docs)
+
+
 def build_data(cfg: Any, process_index: int = 0, process_count: int = 1) -> DataBundle:
   """Builds (or reuses) the dataset and tokenizer; returns this process's data."""
   if not 0 <= process_index < process_count:
@@ -174,7 +201,7 @@ def build_data(cfg: Any, process_index: int = 0, process_count: int = 1) -> Data
   if cfg.objective == "mlm_nsp" and min(len(train_docs), len(eval_docs)) < 2:
     raise ConfigError("objective='mlm_nsp' needs at least 2 documents in each split (NotNext "
                       "pairs take B from another document): use more data.")
-  tokenizer = get_or_train_tokenizer(d, cfg.model.vocab_size, train_docs)
+  tokenizer = run_tokenizer(cfg, train_docs)
   batch_size = cfg.train.batch_size // process_count
   if cfg.objective == "clm":
     train = PackedLoader(train_docs, tokenizer, d.seq_len, batch_size, d.shuffle_seed,

@@ -14,7 +14,7 @@ from typing import Any
 import tensorflow_datasets as tfds
 
 from lm.config import ConfigError
-from lm.data import synthetic, text_files, tfds_util
+from lm.data import instructions, synthetic, text_files, tfds_util
 
 LOCAL_SPLITS = ("train", "validation")
 
@@ -75,12 +75,20 @@ def text_config(data_cfg: Any) -> text_files.TextFilesConfig:
                                     eval_fraction=data_cfg.eval_fraction)
 
 
+def instructions_config(data_cfg: Any) -> instructions.InstructionsConfig:
+  return instructions.InstructionsConfig(glob=data_cfg.instructions_glob,
+                                         validation_glob=data_cfg.instructions_validation_glob,
+                                         eval_fraction=data_cfg.eval_fraction)
+
+
 def dataset_key(data_cfg: Any) -> str:
   """A file-name-safe name of the exact dataset (settings included)."""
   if data_cfg.dataset == "synthetic":
     key = f"synthetic_{synthetic_config(data_cfg).name}"
   elif data_cfg.dataset == "text":
     key = f"text_{text_config(data_cfg).name}"
+  elif data_cfg.dataset == "instructions":
+    key = instructions_config(data_cfg).name
   else:
     key = data_cfg.dataset
   return safe_name(key)
@@ -120,10 +128,13 @@ def check_source_config(data_cfg: Any) -> None:
   elif data_cfg.dataset == "text":
     text_files.check_text_config(data_cfg.text_glob, data_cfg.text_mode,
                                  data_cfg.eval_fraction)
+  elif data_cfg.dataset == "instructions":
+    instructions.check_config(data_cfg.instructions_glob, data_cfg.instructions_validation_glob,
+                              data_cfg.eval_fraction)
   elif not data_cfg.dataset:
     raise ConfigError("data.dataset is empty: use 'synthetic', 'text' or a "
                       "registered tfds name such as 'lm1b'.")
-  if data_cfg.dataset in ("synthetic", "text"):
+  if data_cfg.dataset in ("synthetic", "text", "instructions"):
     for split in (data_cfg.train_split, data_cfg.eval_split):
       if _base_split(split) not in LOCAL_SPLITS:
         raise ConfigError(f"{_split_field(data_cfg, split)}={split!r}: dataset "
@@ -150,6 +161,10 @@ def open_text_source(data_cfg: Any, split: str) -> tuple[Sequence[str], dict]:
                         "non-empty documents; need at least 2 (one is held out for "
                         "validation). Add files or use data.text_mode='blank_line'.")
     builder = tfds_util.prepared_builder(text_files.TextFiles, config, data_dir)
+    return TextSource(builder.as_data_source(split=split), "text"), {}
+  if data_cfg.dataset == "instructions":
+    builder = tfds_util.prepared_builder(instructions.Instructions,
+                                         instructions_config(data_cfg), data_dir)
     return TextSource(builder.as_data_source(split=split), "text"), {}
   return _open_registered(data_cfg, split, data_dir), {}
 
