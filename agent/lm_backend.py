@@ -18,7 +18,6 @@ per prompt-length bucket and one jitted one-token step, whatever the batch.
 """
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
@@ -68,14 +67,15 @@ def _pow2(n: int) -> int:
 
 class JaxBackend:
   """Greedy/sampled decoding of a decoder-only run's params with a KV cache."""
+  FAMILIES = ("decoder",)
 
   def __init__(self, model_cfg, params, tokenizer, prompt_bucket: int = 32):
     import jax
     import jax.numpy as jnp
     from lm import chat
     from lm.models import make_model
-    if model_cfg.family != "decoder":
-      raise ValueError(f"the agent policy needs a decoder-only model; this run's "
+    if model_cfg.family not in self.FAMILIES:
+      raise ValueError(f"{type(self).__name__} decodes model.family in {self.FAMILIES}; this run's "
                        f"model.family={model_cfg.family!r}")
     self.cfg, self.params, self.tokenizer = model_cfg, params, tokenizer
     self.max_len = model_cfg.max_len
@@ -102,32 +102,19 @@ class JaxBackend:
 
   @classmethod
   def from_workdir(cls, workdir: str, step: int | None = None, **kw) -> "JaxBackend":
-    import jax
-    from lm import layout
-    from lm.checkpoint import Checkpointer
+    """A run's newest (or `step`) params and tokenizer; an encoder-decoder run gets a DecodeBackend."""
+    from lm import decode
     from lm.config import ModelConfig
     from lm.data.tokenizer import Tokenizer
-    from lm.models import make_model
-    with open(os.path.join(workdir, "config.json")) as f:
-      config = json.load(f)
+    config = decode.load_run_config(workdir)
     model_cfg = ModelConfig(**{**config["model"], "dropout_rate": 0.0, "remat_policy": "none"})
     tok_path = os.path.join(workdir, "tokenizer.model")
     if not os.path.exists(tok_path):
       raise FileNotFoundError(f"{workdir} has no tokenizer.model: is it a finished training run?")
-    tokenizer = Tokenizer.load(tok_path)
-    ckpt = Checkpointer(os.path.join(workdir, "checkpoints"))
-    step = ckpt.latest_step() if step is None else step
-    if step is None:
-      raise FileNotFoundError(f"{workdir}/checkpoints holds no checkpoint")
-    model = make_model(model_cfg)
-    tokens = jax.numpy.zeros((1, 8), jax.numpy.int32)
-    import flax.linen as nn  # init returns logically-partitioned boxes; the checkpoint holds arrays
-    abstract = nn.meta.unbox(jax.eval_shape(lambda: model.init(jax.random.key(0), tokens)["params"]))
-    stored = ckpt.restore_params(step, layout.storage_abstract(
-        abstract, model_cfg.scan_layers, model_cfg.num_layers))
-    params = layout.from_storage(stored, model_cfg.scan_layers, model_cfg.num_layers)
-    ckpt.close()
-    out = cls(model_cfg, params, tokenizer, **kw)
+    if model_cfg.family not in cls.FAMILIES:
+      cls = DecodeBackend  # the library decoder also runs encoder-decoder models
+    params, step = decode.restore_params(workdir, model_cfg, step)
+    out = cls(model_cfg, params, Tokenizer.load(tok_path), **kw)
     out.step = step
     return out
 
@@ -270,8 +257,10 @@ class DecodeBackend(JaxBackend):
   """The same model and params, decoded by lm/decode.py's `generate` (the library path).
 
   Constraints go through its `token_mask_fn` host loop; each row's key is
-  `key(seeds[i])`, so samples do not depend on the batch.
+  `key(seeds[i])`, so samples do not depend on the batch. It also decodes
+  encoder-decoder runs (the prompt is the encoder input, as in sft_seq2seq).
   """
+  FAMILIES = ("decoder", "encoder_decoder")
 
   def generate(self, prompts, *, max_new_tokens, seeds, temperature=0.0, constraints=None):
     import jax

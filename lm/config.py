@@ -136,6 +136,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.train.peak_flops_per_device = 0.0  # for MFU; 0 = datasheet table (accelerators) or a measured matmul (CPU)
   c.train.log_layer_norms = False  # also log per-layer parameter and gradient norms
   c.train.init_from = ""  # WORKDIR or WORKDIR/checkpoints/<step>: start from its params (new optimizer, schedule)
+  # "all": init_from is the same model; "matching": load the params whose names and shapes match
+  # (another family or heads; lm/warm_start.py), the rest keep their fresh init.
+  c.train.init_from_params = "all"
   c.train.debug_nan_step = -1  # fault injection for tests: make the loss NaN at this step
 
   c.mesh = ml_collections.ConfigDict()

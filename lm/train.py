@@ -12,6 +12,7 @@ checkpoint points.
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import os
 import shutil
@@ -27,7 +28,7 @@ import ml_collections
 import numpy as np
 import optax
 
-from lm import layout, sharding
+from lm import layout, sharding, warm_start
 from lm.checkpoint import Checkpointer
 from lm.config import ConfigError, ModelConfig, config_diff, validate
 from lm.metrics import MetricsWriter, peak_flops, step_cost
@@ -273,8 +274,17 @@ def train(cfg: ml_collections.ConfigDict, workdir: str,
 
   if cfg.train.init_from:  # refuse another model's params before building anything
     src_dir, src_step = resolve_init_from(cfg.train.init_from)
-    check_checkpoint_model(Checkpointer(src_dir).read_meta(src_step), model_cfg,
-                           f"train.init_from ({src_dir}/{src_step})")
+    if cfg.train.init_from_params not in warm_start.MODES:
+      raise ConfigError(f"train.init_from_params={cfg.train.init_from_params!r} is not one of: "
+                        f"{', '.join(warm_start.MODES)}.")
+    if cfg.train.init_from_params == "all":
+      check_checkpoint_model(Checkpointer(src_dir).read_meta(src_step), model_cfg,
+                             f"train.init_from ({src_dir}/{src_step})")
+    else:  # names and shapes from metadata and eval_shape: nothing is allocated or written yet
+      abstract = abstract_train_state(run.objective, run.model, run.tx, mesh, run.rules,
+                                      cfg.data.seq_len, cfg.seed)[0].params
+      stored = layout.storage_abstract(abstract, model_cfg.scan_layers, model_cfg.num_layers)
+      warm_start.check_plan(src_dir, src_step, {p: a.shape for p, a in warm_start.flatten(stored).items()})
   data = _build_process_data(build_data, cfg, process_index, process_count)
   if data.tokenizer.vocab_size > model_cfg.vocab_size:
     raise ConfigError(
@@ -300,7 +310,12 @@ def train(cfg: ml_collections.ConfigDict, workdir: str,
     state, state_sh = init.state, init.shardings
     wall_offset = 0.0
     restored = restore_checkpoint(ckpt, state, model_cfg)
-    if restored is None and cfg.train.init_from:
+    if restored is None and cfg.train.init_from and cfg.train.init_from_params == "matching":
+      state, report = warm_start.load_matching(cfg.train.init_from, state, model_cfg, src_dir, src_step)
+      if is_writer:
+        with open(os.path.join(workdir, "init_from.json"), "w") as f:
+          json.dump({"init_from": cfg.train.init_from, "step": src_step, **report}, f, indent=1)
+    elif restored is None and cfg.train.init_from:
       state = load_init_params(cfg.train.init_from, state, model_cfg)
     if restored is not None:
       restored_step, state, meta = restored

@@ -111,3 +111,18 @@ def test_fits_ends_long_episodes_with_context_limit(tokenizer):
   results = run_episodes(tasks, LMPolicy(backend, max_new_tokens=64),
                          Limits(max_identical=100, max_steps=100))
   assert [r.reason for r in results] == ["context_limit"]
+
+
+def test_encoder_decoder_model_drives_constrained_episodes(tokenizer):
+  """An encoder-decoder (sft_seq2seq) run acts through DecodeBackend: prompt in, turn out."""
+  from agent.lm_backend import DecodeBackend
+  cfg = ModelConfig(family="encoder_decoder", vocab_size=640, d_model=32, num_layers=1,
+                    num_heads=2, mlp_dim=64, max_len=256, position="relative")
+  z = jnp.zeros((1, 8), jnp.int32)
+  params = make_model(cfg).init(jax.random.key(0), z, z)["params"]
+  with pytest.raises(ValueError, match="model.family='encoder_decoder'"):
+    JaxBackend(cfg, params, tokenizer)
+  policy = LMPolicy(DecodeBackend(cfg, params, tokenizer), constrained=True)
+  results = run_episodes(build_suite("heldout", 1)[:2], policy, Limits(max_new_tokens=48))
+  steps = [s for r in results for s in r.trajectory]
+  assert steps and all(s["valid"] for s in steps)
