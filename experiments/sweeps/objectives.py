@@ -1,0 +1,86 @@
+"""Objectives ablation (T5-paper style): CLM vs prefix-LM vs span corruption vs MLM+NSP.
+
+Each objective pretrains its natural model family for the same steps on the same text
+(the quickstart's corpus: the training demonstrations' turns, 2,000 episodes), with the
+same tokenizer, width and depth per stack (d_model 128, 2 layers, 4 heads, MLP 512, RoPE):
+
+  pretrain_clm            decoder, causal LM
+  pretrain_prefix_lm      decoder, bidirectional prefix + causal suffix
+  pretrain_span           encoder-decoder (2 + 2 layers), T5 span corruption (15%, mean 3)
+  pretrain_mlm_nsp        encoder, BERT MLM (15%, 80/10/10) + NSP
+
+Per token of text each costs about the same: the encoder-decoder sends each token through
+one stack only (inputs through the encoder, targets through the decoder), which is the
+T5 paper's "same FLOPs as a decoder of one stack's depth"; the table shows the FLOPs each
+run logged. Every run is then tuned on the same demonstrations (assistant turns only,
+300 steps) and scored with agent.evaluate on the held-out split:
+
+  tune_clm, tune_prefix_lm   objective sft from the decoder (init_from, all params)
+  tune_span                  objective sft_seq2seq from the encoder-decoder
+  tune_mlm_nsp               objective sft on a decoder warm-started from the encoder's
+                             embeddings and layers (train.init_from_params=matching; the
+                             MLM/NSP heads are dropped; attention becomes causal)
+  tune_scratch               objective sft with no pretraining (the reference)
+
+Validation loss of the tuned runs (assistant-turn tokens of held-out demonstrations, same
+tokenizer) is comparable across all five; pretraining losses are not (different targets).
+
+Command:
+  python -m experiments.ablation --ablation=experiments/sweeps/objectives.py --root=runs/objectives
+Cost: measured ~NN minutes on 2 CPU cores (see experiments/REPRODUCE.md).
+Result: experiments/REPRODUCE.md ("Objectives").
+"""
+import os
+
+PRETRAIN = "experiments/configs/quickstart_pretrain.py"
+TUNE = "experiments/configs/quickstart_sft.py"
+PRETRAIN_STEPS = 300
+TUNE_STEPS = 300
+EVAL_PER_FAMILY = 10
+
+OBJECTIVES = {  # run suffix -> (pretraining objective, family, tuning objective)
+    "clm": ("clm", "decoder", "sft"),
+    "prefix_lm": ("prefix_lm", "decoder", "sft"),
+    "span": ("span_corruption", "encoder_decoder", "sft_seq2seq"),
+    "mlm_nsp": ("mlm_nsp", "encoder", "sft"),
+}
+
+
+def prepare(root: str) -> None:
+  """The demonstrations JSONL and the pretraining text (experiments/quickstart.py's data stage)."""
+  if not os.path.exists(os.path.join(root, "data", "demos.jsonl")):
+    from experiments.quickstart import stage_data
+    stage_data(root, {"demos": 2000})
+
+
+def _data(root: str) -> dict:
+  return {"data.data_dir": f"{root}/data/tfds"}
+
+
+def get_ablation():
+  root = "{root}"
+  common = {**_data(root), "train.eval_every": 150, "train.checkpoint_every": 150}
+  runs = []
+  for name, (objective, family, _) in OBJECTIVES.items():
+    runs.append({"name": f"pretrain_{name}", "config": PRETRAIN, "overrides": {
+        **common, "objective": objective, "model.family": family,
+        "data.text_glob": f"{root}/data/corpus/*.txt", "train.num_steps": PRETRAIN_STEPS}})
+  tokenizer = f"{root}/pretrain_clm/tokenizer.model"
+  tune = {**common, "data.instructions_glob": f"{root}/data/demos.jsonl",
+          "data.tokenizer_path": tokenizer, "train.num_steps": TUNE_STEPS}
+  for name, (_, family, objective) in OBJECTIVES.items():
+    overrides = {**tune, "objective": objective, "train.init_from": f"{root}/pretrain_{name}"}
+    if family == "encoder":  # the encoder's layers warm-start a decoder
+      overrides["train.init_from_params"] = "matching"
+    else:
+      overrides["model.family"] = family
+    if family == "encoder_decoder":
+      overrides["data.target_seq_len"] = 128  # one assistant turn (the agent asks for <= 96 tokens)
+    runs.append({"name": f"tune_{name}", "config": TUNE, "overrides": overrides})
+  runs.append({"name": "tune_scratch", "config": TUNE, "overrides": dict(tune)})
+  evals = [{"run": r["name"], "args": ["--split=heldout", f"--num_per_family={EVAL_PER_FAMILY}",
+                                       "--baseline=none"]}
+           for r in runs if r["name"].startswith("tune_")]
+  evals[0]["args"][-1] = "--baseline=no_tools"  # the no-tools floor, once
+  return {"prepare": prepare, "runs": runs, "evals": evals,
+          "columns": ["loss", "accuracy", "bits_per_byte", "mlm_accuracy", "nsp_accuracy"]}
