@@ -25,6 +25,8 @@ _WARMUP = flags.DEFINE_integer("warmup", 3, "Untimed steps after compilation.")
 _PEAK = flags.DEFINE_float("peak_flops", 0.0, "Peak FLOP/s for MFU; 0 = measure (CPU) or datasheet.")
 _MATMUL_N = flags.DEFINE_integer("matmul_n", 2048, "Size of the f32 matmul that measures the CPU peak.")
 _OUT = flags.DEFINE_string("out", "", "Write the results as JSON here.")
+_COMPILE_ONLY = flags.DEFINE_bool("compile_only", False,
+                                  "Only build and compile the train step: report parameters and compile time.")
 flags.mark_flags_as_required(["config"])
 
 
@@ -48,7 +50,7 @@ def measure_peak(devices, override: float, n: int) -> tuple[float, str]:
   return peak_flops(devices, matmul_n=n, repeats=10)
 
 
-def benchmark_train_step(cfg, steps: int, warmup: int) -> dict:
+def benchmark_train_step(cfg, steps: int, warmup: int, compile_only: bool = False) -> dict:
   import flax.linen as nn
   import jax
   import numpy as np
@@ -80,6 +82,10 @@ def benchmark_train_step(cfg, steps: int, warmup: int) -> dict:
     t = time.perf_counter()
     compiled = step_fn.lower(state, batch).compile()
     compile_s = time.perf_counter() - t
+    if compile_only:
+      return {"num_params": init.num_params, "compile_s": compile_s, "devices": len(devices),
+              "platform": devices[0].platform, "num_layers": model_cfg.num_layers,
+              "scan_layers": model_cfg.scan_layers}
     for _ in range(warmup):
       state, metrics = compiled(state, batch)
     jax.block_until_ready(state)
@@ -148,6 +154,14 @@ def main(argv):
     sys.exit(2)
   cfg = _CONFIG.value
   devices = jax.devices()
+  if _COMPILE_ONLY.value:
+    result = benchmark_train_step(cfg, 0, 0, compile_only=True)
+    print(f"{result['num_layers']} layers (scan_layers={result['scan_layers']}), "
+          f"{result['num_params']:,} parameters: train step compiled in {result['compile_s']:.2f} s")
+    if _OUT.value:
+      with open(_OUT.value, "w") as f:
+        json.dump(result, f, indent=2)
+    return
   peak, source = measure_peak(devices, _PEAK.value, _MATMUL_N.value)
   result = {"config": config_flags.get_config_filename(flags.FLAGS["config"]),
             "overrides": config_flags.get_override_values(flags.FLAGS["config"]),

@@ -1,0 +1,39 @@
+"""The benchmark CLI runs end to end on a tiny model and reports consistent numbers."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = ["--config=experiments/configs/ref_tiny.py", "--config.model.d_model=32",
+        "--config.model.num_heads=2", "--config.model.mlp_dim=64", "--config.model.vocab_size=256",
+        "--config.model.num_layers=2", "--config.train.batch_size=4", "--config.data.seq_len=32",
+        "--config.model.max_len=64", "--matmul_n=256"]
+
+
+def _run(args, tmp_path):
+  out = tmp_path / "bench.json"
+  env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
+  p = subprocess.run([sys.executable, "-m", "experiments.benchmark", *TINY, *args, f"--out={out}"],
+                     cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+  assert p.returncode == 0, p.stderr[-2000:]
+  return p.stdout, json.loads(out.read_text())
+
+
+@pytest.mark.slow
+def test_benchmark_reports_throughput_mfu_and_decode(tmp_path):
+  stdout, r = _run(["--steps=20"], tmp_path)
+  assert "MFU" in stdout and "tokens/s" in stdout
+  assert r["tokens_per_s"] == pytest.approx(4 * 32 / r["step_time_s"])
+  assert r["achieved_flops"] == pytest.approx(r["flops_per_token"] * r["tokens_per_s"])
+  assert r["mfu"] == pytest.approx(r["achieved_flops"] / r["peak_flops"])
+  assert 0 < r["mfu"] < 1.5 and r["peak_source"]
+  assert r["step_time_min_s"] <= r["step_time_s"]
+  assert r["decode"]["decode_kv_cache_speedup"] > 0 and r["decode"]["decode_tokens_per_s_kv_cache"] > 0
+
+
+def test_benchmark_compile_only(tmp_path):
+  stdout, r = _run(["--compile_only", "--config.model.num_layers=3"], tmp_path)
+  assert "3 layers (scan_layers=True)" in stdout and r["compile_s"] > 0 and r["num_layers"] == 3
