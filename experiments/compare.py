@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import csv
 import dataclasses
+import functools
 import json
 import math
 import os
@@ -55,7 +56,9 @@ class Run:
 
   @property
   def flat(self) -> dict:
-    return flatten(self.config)
+    # A field added to the code after this run was written is taken at its default: new
+    # fields keep the old behaviour by default, so older runs still group with newer ones.
+    return {**_config_defaults(), **flatten(self.config)}
 
   @property
   def num_steps(self) -> int | None:
@@ -91,6 +94,12 @@ def _read_json(path: str) -> dict:
     raise RunError(f"no {os.path.basename(path)}") from None
   except (OSError, json.JSONDecodeError) as e:
     raise RunError(f"{os.path.basename(path)} unreadable: {e}") from None
+
+
+@functools.cache
+def _config_defaults() -> dict:
+  from lm.config import base_config
+  return flatten(base_config().to_dict())
 
 
 def load_run(path: str, name: str = "") -> Run:

@@ -94,6 +94,17 @@ def test_config_diff_missing_field(tmp_path):
   assert fields == ["train.new_field"] and rows[0]["train.new_field"] == "—"
 
 
+def test_field_added_since_an_old_run_counts_at_its_default(tmp_path):
+  write_run(tmp_path, "new", {"seed": 1})
+  old = write_run(tmp_path, "old")
+  cfg = json.load(open(os.path.join(old, "config.json")))
+  del cfg["train"]["init_from_params"]  # written before the field existed
+  json.dump(cfg, open(os.path.join(old, "config.json"), "w"))
+  runs, _ = compare.load_runs([str(tmp_path)])
+  assert compare.config_diff_rows(runs)[0] == ["seed"]
+  assert len(compare.seed_groups(runs, "eval/loss")) == 1
+
+
 def test_seed_groups_ci_by_hand(tmp_path):
   for seed, loss in enumerate([2.0, 2.2, 2.4]):
     write_run(tmp_path, f"l2_s{seed}", {"model.num_layers": 2, "seed": seed, "train.log_every": 5 + seed},
