@@ -169,7 +169,7 @@ def test_power_law_fit_and_report_files(tmp_path):
   for n in ns:
     loss = 1.2 + 30 * n ** -0.35 + rng.normal(0, 0.002)
     write_run(tmp_path / "runs", f"n{int(n)}", {"model.d_model": int(n) // 100}, evals=(5.0, loss), num_params=int(n),
-              extra_eval={"bits_per_byte": loss, "entropy_floor_bpb": 1.2})
+              extra_eval={"bits_per_byte": loss, "entropy_floor_bpb": 1.2, "eval_floor_bpb": 1.25})
   out = tmp_path / "report"
   code = compare.main([str(tmp_path / "runs"), "--metric=eval/bits_per_byte", f"--out={out}", "--n_boot=200",
                        "--by=model.d_model"])
@@ -185,6 +185,7 @@ def test_power_law_fit_and_report_files(tmp_path):
   assert [int(r["params"]) for r in rows] == [int(n) for n in ns]  # sorted by --by
   md = (out / "report.md").read_text()
   assert "Entropy floor 1.2000 bits/byte is inside E's 95% CI" in md and "## Config diff" in md
+  assert "eval documents, 1.2500 bits/byte, is OUTSIDE E's 95% CI" in md and fits["eval_floor_inside_ci"] is False
 
 
 def test_isoflop_report(tmp_path):

@@ -71,7 +71,11 @@ def test_built_dataset_holds_documents_and_floor(tmp_path):
   train, meta = sources.open_text_source(d, "train")
   valid, _ = sources.open_text_source(d, "validation")
   floor = synthetic.entropy_floor_bpb(*DEFAULT)
-  assert meta == {"entropy_floor_bpb": pytest.approx(floor)}
+  docs = list(synthetic.generate_documents(*DEFAULT, 40, "validation"))
+  eval_floor = sum(-synthetic.log2_prob(*DEFAULT, 1, t) for t in docs) / sum(len(t) for t in docs)
+  # The source's own score on the 40 held-out documents: near the floor, not on it.
+  assert meta == {"entropy_floor_bpb": pytest.approx(floor), "eval_floor_bpb": pytest.approx(eval_floor)}
+  assert 0.9 * floor < eval_floor < 1.1 * floor and eval_floor != pytest.approx(floor, rel=1e-4)
   # tfds stores examples in its own (shuffled) order: compare as multisets.
   assert collections.Counter(train[i] for i in range(len(train))) == collections.Counter(
       synthetic.generate_documents(*DEFAULT, 300, "train"))
