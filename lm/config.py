@@ -39,6 +39,7 @@ class ModelConfig:
   dropout_rate: float = 0.0
   tie_embeddings: bool = True
   scan_layers: bool = True
+  scan_unroll: int = 1  # layers per scan iteration (scan_layers); more lets XLA fuse across layers
   remat_policy: str = "none"  # "none" | "full" | "dots_saveable" | "save_attention_out"
   dtype: str = "float32"  # compute dtype
   param_dtype: str = "float32"
@@ -183,7 +184,8 @@ RESUMABLE_FIELDS = frozenset({
     "train.num_steps", "train.log_every", "train.eval_every", "train.eval_batches",
     "train.checkpoint_every", "train.keep_checkpoints",
     "mesh.data", "mesh.fsdp", "mesh.tensor", "data.data_dir",
-    "model.scan_layers", "model.remat_policy", "train.log_layer_norms", "train.peak_flops_per_device",
+    "model.scan_layers", "model.scan_unroll", "model.remat_policy", "train.log_layer_norms",
+    "train.peak_flops_per_device",
 })
 
 

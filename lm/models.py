@@ -175,6 +175,8 @@ def validate_model_config(cfg: Any) -> None:
   _choice("norm", cfg.norm, tuple(NORMS))
   _choice("mlp_activation", cfg.mlp_activation, MLP_ACTIVATIONS)
   _choice("remat_policy", cfg.remat_policy, REMAT_POLICIES)
+  if cfg.scan_unroll < 1:
+    raise ConfigError(f"model.scan_unroll={cfg.scan_unroll} must be >= 1 (layers per scan iteration).")
   _choice("dtype", cfg.dtype, VALID_DTYPES)
   _choice("param_dtype", cfg.param_dtype, VALID_DTYPES)
 

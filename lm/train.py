@@ -39,7 +39,7 @@ from lm.workdir import check_existing_config, write_run_files
 log = logging.getLogger(__name__)
 
 # Model fields that may differ between a checkpoint and the model restoring it.
-LAYOUT_ONLY_MODEL_FIELDS = frozenset({"scan_layers", "remat_policy", "dtype"})
+LAYOUT_ONLY_MODEL_FIELDS = frozenset({"scan_layers", "scan_unroll", "remat_policy", "dtype"})
 
 
 class TrainingDiverged(RuntimeError):

@@ -149,6 +149,7 @@ class TransformerStack(nn.Module):
           split_rngs={"params": True, "dropout": True},
           in_axes=(nn.broadcast,) * len(args),
           length=num_layers,
+          unroll=min(cfg.scan_unroll, num_layers),
           metadata_params={nn.PARTITION_NAME: "layers"})
       x_BLD, _ = scanned(cfg, self.cross_attention, name="layers")(x_BLD, *args)
     else:

@@ -97,6 +97,10 @@ def test_scanned_and_unrolled_agree_both_ways():
                              apply(scanned_cfg, scanned, toks), **TOL)
   back = unstack_layer_params(scanned, unrolled_cfg.num_layers)
   jax.tree_util.tree_map(np.testing.assert_array_equal, back, unrolled)
+  # Unrolling the scan (2 layers per iteration) is the same model with the same params.
+  unrolled_scan = dataclasses.replace(scanned_cfg, scan_unroll=2)
+  assert shapes(init(unrolled_scan)) == shapes(scanned)
+  np.testing.assert_allclose(apply(unrolled_scan, scanned, toks), apply(scanned_cfg, scanned, toks), **TOL)
 
 
 def test_layout_conversion_keeps_logical_names():

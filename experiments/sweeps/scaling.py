@@ -18,15 +18,15 @@ above the floor. Add seeds (e.g. [0, 1, 2]) for seed CIs; run names stay the sam
 """
 
 # (d_model, num_layers, num_heads, mlp_dim)
-SIZES = [(16, 1, 1, 64), (32, 1, 2, 128), (48, 2, 3, 192), (64, 2, 4, 256), (96, 3, 6, 384),
-         (128, 4, 8, 512)]
+SIZES = [(16, 1, 1, 64), (32, 1, 2, 128), (48, 2, 3, 192), (64, 2, 4, 256), (96, 3, 6, 384)]
 
 
 def get_sweep():
   return {
       "config": "experiments/configs/tiny_clm.py",
-      "fixed": {"train.num_steps": 400, "train.warmup_steps": 40, "train.eval_every": 200,
-                "train.checkpoint_every": 200, "train.eval_batches": 16},
+      "fixed": {"train.num_steps": 800, "train.warmup_steps": 40, "train.eval_every": 400,
+                "train.checkpoint_every": 400, "train.eval_batches": 16,
+                "data.synthetic.eval_docs": 2000},
       "zip": {"model.d_model": [s[0] for s in SIZES], "model.num_layers": [s[1] for s in SIZES],
               "model.num_heads": [s[2] for s in SIZES], "model.mlp_dim": [s[3] for s in SIZES]},
       "seeds": [0],
