@@ -25,6 +25,7 @@ _WARMUP = flags.DEFINE_integer("warmup", 3, "Untimed steps after compilation.")
 _PEAK = flags.DEFINE_float("peak_flops", 0.0, "Peak FLOP/s for MFU; 0 = measure (CPU) or datasheet.")
 _MATMUL_N = flags.DEFINE_integer("matmul_n", 2048, "Size of the f32 matmul that measures the CPU peak.")
 _OUT = flags.DEFINE_string("out", "", "Write the results as JSON here.")
+_DECODE = flags.DEFINE_bool("decode", True, "Also measure decoding with and without the KV cache.")
 _COMPILE_ONLY = flags.DEFINE_bool("compile_only", False,
                                   "Only build and compile the train step: report parameters and compile time.")
 flags.mark_flags_as_required(["config"])
@@ -173,7 +174,7 @@ def main(argv):
   dev_mem = device_peak_gib(devices[0]) if devices[0].platform != "cpu" else None
   result["peak_memory_gib"] = dev_mem if dev_mem is not None else host_peak_rss_gib()
   result["memory_source"] = "device peak_bytes_in_use" if dev_mem is not None else "host peak RSS"
-  result["decode"] = benchmark_decode(cfg)
+  result["decode"] = benchmark_decode(cfg) if _DECODE.value else {}
   result["date"] = time.strftime("%Y-%m-%d")
   print(format_table(result))
   if _OUT.value:
