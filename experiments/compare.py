@@ -394,7 +394,8 @@ def _file_tag(metric: str) -> str:
   return metric.replace("/", "_")
 
 
-def plot_power_law(fit, n, l, metric: str, path: str, floor: float | None = None) -> str:
+def plot_power_law(fit, n, l, metric: str, path: str, floor: float | None = None,
+                   eval_floor: float | None = None) -> str:
   plt = _plt()
   fig, ax = plt.subplots(figsize=(7, 4.5))
   grid = np.geomspace(n.min() / 1.5, n.max() * 1.5, 200)
@@ -407,6 +408,12 @@ def plot_power_law(fit, n, l, metric: str, path: str, floor: float | None = None
   ax.axhline(fit.E, color="C0", ls="--", lw=1, label="E (fit)")
   if floor is not None:
     ax.axhline(floor, color="C3", ls=":", lw=1.5, label=f"entropy floor {floor:.4g}")
+  if eval_floor is not None:
+    ax.axhline(eval_floor, color="C2", ls=":", lw=1.5, label=f"source's score on eval docs {eval_floor:.4g}")
+  # The bootstrap band fans out beyond the data; keep the y range on the runs and floors.
+  ys = [*l, fit.E, *(f for f in (floor, eval_floor) if f is not None)]
+  pad = 0.15 * (max(ys) - min(ys)) or 0.01 * abs(max(ys))
+  ax.set_ylim(min(ys) - pad, max(ys) + pad)
   _finish(ax, "parameters N", metric)
   return _save(plt, fig, path)
 
@@ -466,7 +473,7 @@ def _power_law_section(runs, args, out_dir, fits) -> list[str]:
     lines += [f"The source's own score on the eval documents, {eval_floor:.4f} bits/byte, is "
               f"{'inside' if inside else 'OUTSIDE'} E's 95% CI (E - that = {fit.E - eval_floor:+.4f}).", ""]
   if out_dir:
-    plot_power_law(fit, n, l, args.metric, os.path.join(out_dir, "scaling_fit.png"), floor)
+    plot_power_law(fit, n, l, args.metric, os.path.join(out_dir, "scaling_fit.png"), floor, eval_floor)
     lines += ["![scaling fit](scaling_fit.png)", ""]
   return lines
 

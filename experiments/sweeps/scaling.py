@@ -18,7 +18,7 @@ above the floor. Add seeds (e.g. [0, 1, 2]) for seed CIs; run names stay the sam
 """
 
 # (d_model, num_layers, num_heads, mlp_dim)
-SIZES = [(16, 1, 1, 64), (32, 1, 2, 128), (48, 2, 3, 192), (64, 2, 4, 256), (96, 3, 6, 384)]
+SIZES = [(8, 1, 1, 32), (16, 1, 1, 64), (24, 1, 2, 96), (32, 1, 2, 128), (48, 2, 3, 192), (64, 2, 4, 256), (96, 3, 6, 384)]
 
 
 def get_sweep():
