@@ -10,7 +10,8 @@ evaluations of some of them. An ablation file defines `get_ablation()` returning
   prepare  optional callable(root): builds data the runs share (must be idempotent)
   runs     [{"name", "config", "overrides": {dotted field: value}}, ...] in order; a string
            value may hold "{root}" (the --root directory), e.g. train.init_from="{root}/pretrain_clm"
-  evals    [{"run": name, "args": [agent.evaluate flags]}, ...], after all runs
+  evals    [{"run": name, "args": [agent.evaluate flags], "name": optional label}, ...],
+           after all runs; each label is a column of agent success (default "heldout")
   columns  metric keys of the final eval record shown in the table (default loss, accuracy)
 
 Each run's WORKDIR is ROOT/<name>; a finished run is skipped and an unfinished one resumes
@@ -32,7 +33,7 @@ from typing import Any
 from experiments import sweep as sweeps
 from lm.config import flatten
 
-EVAL_DIR = "agent_eval"  # ROOT/<run>/agent_eval: the evaluation's report directory
+EVAL_DIR = "agent_eval"  # ROOT/<run>/agent_eval[_<name>]: an evaluation's report directory
 
 
 def _fill_root(value: Any, root: str) -> Any:
@@ -67,10 +68,18 @@ def expand_runs(spec: dict, root: str) -> list[sweeps.Run]:
   return out
 
 
+def eval_name(e: dict) -> str:
+  return e.get("name", "heldout")
+
+
+def eval_dir(workdir: str, name: str) -> str:
+  return os.path.join(workdir, EVAL_DIR if name == "heldout" else f"{EVAL_DIR}_{name}")
+
+
 def eval_command(e: dict, root: str, python: str) -> list[str]:
   workdir = os.path.join(root, e["run"])
   return [*shlex.split(python), "-m", "agent.evaluate", f"--workdir={workdir}",
-          f"--out={os.path.join(workdir, EVAL_DIR)}", *e.get("args", [])]
+          f"--out={eval_dir(workdir, eval_name(e))}", *e.get("args", [])]
 
 
 def _final_eval(workdir: str) -> dict:
@@ -94,9 +103,9 @@ def _final_eval(workdir: str) -> dict:
   return out
 
 
-def agent_success(workdir: str) -> dict | None:
-  """Overall success {rate, lo, hi, episodes} of the run's evaluation, or None."""
-  path = os.path.join(workdir, EVAL_DIR, "report.json")
+def agent_success(workdir: str, name: str = "heldout") -> dict | None:
+  """Overall success {rate, lo, hi, episodes} of the run's evaluation `name`, or None."""
+  path = os.path.join(eval_dir(workdir, name), "report.json")
   if not os.path.exists(path):
     return None
   with open(path) as f:
@@ -115,27 +124,31 @@ def _fmt(v: Any) -> str:
   return str(v)
 
 
+def _success_cell(s: dict | None) -> str:
+  if s is None:
+    return "-"
+  return f"{100 * s['rate']:.0f}% [{100 * s['lo']:.0f}, {100 * s['hi']:.0f}] of {s['episodes']}"
+
+
 def table(spec: dict, runs: list[sweeps.Run]) -> tuple[str, list[dict]]:
   columns = spec.get("columns", ["loss", "accuracy"])
+  names = list(dict.fromkeys(eval_name(e) for e in spec.get("evals", []))) or ["heldout"]
   rows = []
   for r in runs:
     final = _final_eval(r.workdir)
     cfg = flatten(r.config)
-    success = agent_success(r.workdir)
     rows.append({"run": r.name, "objective": cfg.get("objective"), "family": cfg.get("model.family"),
                  "step": final.get("step"), **{c: final.get(c) for c in columns},
                  "params": final.get("train/num_params"), "tokens": final.get("train/tokens_seen"),
                  "flops": final.get("train/flops_seen"), "wall_s": final.get("train/wall_s"),
-                 "agent_success": success})
+                 **{f"agent_{n}": agent_success(r.workdir, n) for n in names}})
   head = ["run", "objective", "family", "step", *columns, "params", "tokens", "FLOPs", "wall s",
-          "agent success [95% CI]"]
+          *(f"agent success, {n} [95% CI]" for n in names)]
   lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
   for row in rows:
-    s = row["agent_success"]
-    agent = "-" if s is None else (f"{100 * s['rate']:.0f}% [{100 * s['lo']:.0f}, {100 * s['hi']:.0f}] "
-                                   f"of {s['episodes']}")
+    agent = [_success_cell(row[f"agent_{n}"]) for n in names]
     cells = [row["run"], row["objective"], row["family"], row["step"], *(row[c] for c in columns),
-             row["params"], row["tokens"], row["flops"], row["wall_s"], agent]
+             row["params"], row["tokens"], row["flops"], row["wall_s"], *agent]
     lines.append("| " + " | ".join(_fmt(c) for c in cells) + " |")
   return "\n".join(lines) + "\n", rows
 
@@ -165,13 +178,13 @@ def run_ablation(spec: dict, root: str, only: str = "", dry_run: bool = False) -
     if only and not re.search(only, e["run"]):
       continue
     command = eval_command(e, root, python)
-    done = os.path.exists(os.path.join(root, e["run"], EVAL_DIR, "report.json"))
-    print(f"==> evaluate {e['run']} ({'done' if done else 'new'})", flush=True)
+    done = os.path.exists(os.path.join(eval_dir(os.path.join(root, e["run"]), eval_name(e)), "report.json"))
+    print(f"==> evaluate {e['run']} [{eval_name(e)}] ({'done' if done else 'new'})", flush=True)
     if dry_run:
       print(f"(cd {shlex.quote(sweeps.REPO_ROOT)} && {shlex.join(command)})")
       continue
     if not done and sweeps._run_local(command, os.path.join(root, e["run"], "evaluate.log")):
-      failed.append(f"evaluate {e['run']}")
+      failed.append(f"evaluate {e['run']} [{eval_name(e)}]")
   if not dry_run:
     text, rows = table(spec, runs)
     with open(os.path.join(root, "report.md"), "w") as f:

@@ -20,7 +20,8 @@ def get_ablation():
       {"name": "pre", "config": "experiments/configs/tiny_clm.py", "overrides": {"train.num_steps": 4}},
       {"name": "tune", "config": "experiments/configs/tiny_clm.py",
        "overrides": {"train.num_steps": 2, "train.init_from": "{root}/pre"}}],
-    "evals": [{"run": "tune", "args": ["--num_per_family=1"]}]}
+    "evals": [{"run": "tune", "args": ["--num_per_family=1"]},
+              {"run": "tune", "name": "train", "args": ["--split=train"]}]}
 '''
 
 
@@ -45,7 +46,8 @@ def test_dry_run_prints_commands_in_order(tmp_path, capsys):
   out = capsys.readouterr().out
   assert out.index("pre (new)") < out.index("tune (new)") < out.index("evaluate tune")
   assert f"--config.train.init_from={tmp_path / 'root' / 'pre'}" in out
-  assert f"--out={tmp_path / 'root' / 'tune' / ablation.EVAL_DIR}" in out
+  assert f"--out={tmp_path / 'root' / 'tune' / ablation.EVAL_DIR} --num_per_family=1" in out
+  assert f"--out={tmp_path / 'root' / 'tune' / ablation.EVAL_DIR}_train --split=train" in out
   assert not os.path.exists(tmp_path / "root")
 
 
@@ -66,7 +68,8 @@ def test_table_reads_final_metrics_and_agent_success(tmp_path):
   with open(os.path.join(tune, ablation.EVAL_DIR, "report.json"), "w") as f:
     json.dump(report, f)
   text, rows = ablation.table(spec, runs)
-  assert rows[0]["loss"] is None and rows[0]["agent_success"] is None
+  assert rows[0]["loss"] is None and rows[0]["agent_heldout"] is None
   assert rows[1]["loss"] == 1.25 and rows[1]["params"] == 1234 and rows[1]["flops"] == 5e9
-  assert rows[1]["agent_success"]["rate"] == 0.25
-  assert "| tune | clm | decoder | 2 | 1.25 | 0.5 | 1234 | 64 | 5e+09 | 3.5 | 25% [7, 59] of 8 |" in text
+  assert rows[1]["agent_heldout"]["rate"] == 0.25
+  assert "| tune | clm | decoder | 2 | 1.25 | 0.5 | 1234 | 64 | 5e+09 | 3.5 | 25% [7, 59] of 8 | - |" in text
+  assert "agent success, heldout [95% CI] | agent success, train [95% CI] |" in text
