@@ -1,6 +1,6 @@
 """Objectives ablation (T5-paper style): CLM vs prefix-LM vs span corruption vs MLM+NSP.
 
-Each objective pretrains its natural model family for the same steps on the same text
+Each objective pretrains its natural model family for the same FLOPs on the same text
 (the quickstart's corpus: the training demonstrations' turns, 2,000 episodes), with the
 same tokenizer, width and depth per stack (d_model 128, 2 layers, 4 heads, MLP 512, RoPE):
 
@@ -9,10 +9,12 @@ same tokenizer, width and depth per stack (d_model 128, 2 layers, 4 heads, MLP 5
   pretrain_span           encoder-decoder (2 + 2 layers), T5 span corruption (15%, mean 3)
   pretrain_mlm_nsp        encoder, BERT MLM (15%, 80/10/10) + NSP
 
-Per token of text each costs about the same: the encoder-decoder sends each token through
-one stack only (inputs through the encoder, targets through the decoder), which is the
-T5 paper's "same FLOPs as a decoder of one stack's depth"; the table shows the FLOPs each
-run logged. Every run is then tuned on the same demonstrations (assistant turns only,
+Compute is matched by the FLOPs each run logs (lm/metrics.py step_cost over the padded
+rows): the encoder-decoder sends each token through one stack only (inputs through the
+encoder, targets through the decoder), the T5 paper's "same FLOPs as a decoder of one
+stack's depth", but its rows cost 1.32x a decoder row, so it takes 227 steps to the
+decoders' 300 (MLM+NSP: 268). Every run is then tuned on the same demonstrations (assistant
+turns only,
 300 steps) and scored with agent.evaluate on the held-out split (and on new tasks of the
 training split, which separate the runs better while held-out success is near its floor):
 
@@ -39,11 +41,14 @@ PRETRAIN_STEPS = 300
 TUNE_STEPS = 300
 EVAL_PER_FAMILY = 25
 
-OBJECTIVES = {  # run suffix -> (pretraining objective, family, tuning objective)
-    "clm": ("clm", "decoder", "sft"),
-    "prefix_lm": ("prefix_lm", "decoder", "sft"),
-    "span": ("span_corruption", "encoder_decoder", "sft_seq2seq"),
-    "mlm_nsp": ("mlm_nsp", "encoder", "sft"),
+OBJECTIVES = {  # run suffix -> (pretraining objective, family, tuning objective, steps)
+    # Steps equalise the pretraining FLOPs the runs log (5.07e12): a span-corruption step
+    # costs 1.32x a decoder step (its encoder rows are full and the decoder adds targets),
+    # an MLM+NSP step 1.12x (the MLM head's transform over every position).
+    "clm": ("clm", "decoder", "sft", PRETRAIN_STEPS),
+    "prefix_lm": ("prefix_lm", "decoder", "sft", PRETRAIN_STEPS),
+    "span": ("span_corruption", "encoder_decoder", "sft_seq2seq", 227),
+    "mlm_nsp": ("mlm_nsp", "encoder", "sft", 268),
 }
 
 
@@ -62,14 +67,14 @@ def get_ablation():
   root = "{root}"
   common = {**_data(root), "train.eval_every": 150, "train.checkpoint_every": 150}
   runs = []
-  for name, (objective, family, _) in OBJECTIVES.items():
+  for name, (objective, family, _, steps) in OBJECTIVES.items():
     runs.append({"name": f"pretrain_{name}", "config": PRETRAIN, "overrides": {
         **common, "objective": objective, "model.family": family,
-        "data.text_glob": f"{root}/data/corpus/*.txt", "train.num_steps": PRETRAIN_STEPS}})
+        "data.text_glob": f"{root}/data/corpus/*.txt", "train.num_steps": steps}})
   tokenizer = f"{root}/pretrain_clm/tokenizer.model"
   tune = {**common, "data.instructions_glob": f"{root}/data/demos.jsonl",
           "data.tokenizer_path": tokenizer, "train.num_steps": TUNE_STEPS}
-  for name, (_, family, objective) in OBJECTIVES.items():
+  for name, (_, family, objective, _) in OBJECTIVES.items():
     overrides = {**tune, "objective": objective, "train.init_from": f"{root}/pretrain_{name}"}
     if family == "encoder":  # the encoder's layers warm-start a decoder
       overrides["train.init_from_params"] = "matching"
