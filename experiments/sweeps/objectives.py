@@ -13,9 +13,8 @@ Compute is matched by the FLOPs each run logs (lm/metrics.py step_cost over the 
 rows): the encoder-decoder sends each token through one stack only (inputs through the
 encoder, targets through the decoder), the T5 paper's "same FLOPs as a decoder of one
 stack's depth", but its rows cost 1.32x a decoder row, so it takes 227 steps to the
-decoders' 300 (MLM+NSP: 268). Every run is then tuned on the same demonstrations (assistant
-turns only,
-300 steps) and scored with agent.evaluate on the held-out split (and on new tasks of the
+decoders' 300 (MLM+NSP: 268). Every run is then tuned on the same demonstrations
+(assistant turns only, 300 steps) and scored with agent.evaluate on the held-out split (and on new tasks of the
 training split, which separate the runs better while held-out success is near its floor):
 
   tune_clm, tune_prefix_lm   objective sft from the decoder (init_from, all params)
