@@ -58,7 +58,7 @@ import numpy as np
 
 from lm.attention import make_attention_mask, sinusoidal_embedding
 from lm.config import ModelConfig
-from lm.layers import BLD, NORMS, Einsum, Embed, activation, fan_in_init, param_dtype
+from lm.layers import BLD, GATED_ACTIVATIONS, NORMS, Einsum, Embed, activation, fan_in_init, param_dtype
 from lm.transformer import TransformerStack, default_positions, stack_layer_params
 
 NSP_CLASSES = 2  # label 0: B follows A (IsNext); 1: B is from another document
@@ -66,7 +66,7 @@ NSP_CLASSES = 2  # label 0: B follows A (IsNext); 1: B is from another document
 
 def head_activation(cfg: ModelConfig):
   # A gated MLP has no single activation; its encoder's heads use tanh-GELU.
-  return activation("gelu" if cfg.mlp_activation == "swiglu" else cfg.mlp_activation)
+  return activation("gelu" if cfg.mlp_activation in GATED_ACTIVATIONS else cfg.mlp_activation)
 
 
 class MLMHead(nn.Module):

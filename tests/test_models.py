@@ -224,7 +224,7 @@ def test_valid_configs_pass():
     (dict(num_kv_heads=3), "model.num_heads must be a multiple of model.num_kv_heads"),
     (dict(position="alibi"), "model.position"),
     (dict(norm="batchnorm"), "model.norm"),
-    (dict(mlp_activation="relu"), "model.mlp_activation"),
+    (dict(mlp_activation="tanh"), "model.mlp_activation"),
     (dict(remat_policy="some"), "model.remat_policy"),
     (dict(dtype="float64"), "model.dtype"),
     (dict(param_dtype="int8"), "model.param_dtype"),
