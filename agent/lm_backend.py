@@ -106,15 +106,15 @@ class JaxBackend:
     from lm import layout
     from lm.checkpoint import Checkpointer
     from lm.config import ModelConfig
-    from lm.data.tokenizer import Tokenizer
+    from lm.data.hf_tokenizer import load_tokenizer
     from lm.models import make_model
     with open(os.path.join(workdir, "config.json")) as f:
       config = json.load(f)
     model_cfg = ModelConfig(**{**config["model"], "dropout_rate": 0.0, "remat_policy": "none"})
-    tok_path = os.path.join(workdir, "tokenizer.model")
-    if not os.path.exists(tok_path):
-      raise FileNotFoundError(f"{workdir} has no tokenizer.model: is it a finished training run?")
-    tokenizer = Tokenizer.load(tok_path)
+    tokenizer = load_tokenizer(workdir)
+    if tokenizer is None:
+      raise FileNotFoundError(f"{workdir} has no tokenizer.model (or tokenizer/ of an import): "
+                              "is it a finished training run?")
     ckpt = Checkpointer(os.path.join(workdir, "checkpoints"))
     step = ckpt.latest_step() if step is None else step
     if step is None:

@@ -466,12 +466,11 @@ class Decoder:
 
   @classmethod
   def from_workdir(cls, workdir: str, step: Optional[int] = None, mesh=None) -> "Decoder":
-    from lm.data.tokenizer import Tokenizer
+    from lm.data.hf_tokenizer import load_tokenizer
     run = load_run_config(workdir)
     cfg = ModelConfig(**run["model"])
     params, step = restore_params(workdir, cfg, step, mesh)
-    tok_path = os.path.join(workdir, "tokenizer.model")
-    tokenizer = Tokenizer.load(tok_path) if os.path.exists(tok_path) else None
+    tokenizer = load_tokenizer(workdir)
     return cls(cfg, params, tokenizer, mesh, step)
 
   def stop_ids(self) -> tuple[int, ...]:

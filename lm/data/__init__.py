@@ -175,6 +175,9 @@ def run_tokenizer(cfg: Any, train_docs) -> Tokenizer:
       if os.path.exists(os.path.join(src, "tokenizer.model")):
         path = os.path.join(src, "tokenizer.model")
         break
+      if os.path.isdir(os.path.join(src, "tokenizer")):  # an imported HF checkpoint (lm/interop)
+        from lm.data.hf_tokenizer import load_tokenizer
+        return load_tokenizer(src)
       src = os.path.dirname(src)
     else:
       raise ConfigError(f"train.init_from={cfg.train.init_from!r} has no tokenizer.model in its "

@@ -169,9 +169,10 @@ def check_tensors(specs: Mapping[tuple, Spec], shapes: Mapping[tuple, tuple], re
                   ignored: Callable[[str], bool]) -> list[str]:
   """Raise InteropError listing missing, mismatched and unexpected tensors; else return the
   names of optional tensors that are absent."""
+  unrolled = {p: s for path, shape in shapes.items() for p, s in layer_paths(path, shape)}
   expected: dict[str, tuple] = {}
   for path, spec in specs.items():
-    expected[spec.name] = hf_shape(shapes[path], spec)  # every part gives the same full shape
+    expected[spec.name] = hf_shape(unrolled[path], spec)  # every part gives the same full shape
   names = reader.names()
   missing = [n for n in sorted(expected) if n not in names
              and not all(s.optional for s in specs.values() if s.name == n)]
