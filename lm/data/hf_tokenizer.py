@@ -61,9 +61,12 @@ class HFTokenizer:
       setattr(self, attr, int(i) if i is not None else -1)
     if self.pad_id < 0:  # GPT-2 has no pad token: padding is never attended, any id does
       self.pad_id = max(self.eos_id, 0)
-    for extra in names.get("additional_special_tokens") or []:
-      tok = _token(extra)
-      if self._piece_to_id(tok) is not None:
+    extras = [_token(v) for k, v in names.items() if k.endswith("_token") and k not in ROLES.values()]
+    extras += [_token(t) for t in names.get("additional_special_tokens") or []]
+    if self._fast is not None:  # tokenizer.json's own special added tokens ([MASK], <|endoftext|>)
+      extras += [t.content for t in self._fast.get_added_tokens_decoder().values() if t.special]
+    for tok in extras:
+      if isinstance(tok, str) and self._piece_to_id(tok) is not None:
         self._special[tok] = self._piece_to_id(tok)
 
   @classmethod
