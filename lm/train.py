@@ -172,6 +172,13 @@ def load_init_params(path: str, state: TrainState, model_cfg: ModelConfig) -> Tr
 
 
 def _copy_tokenizer(tokenizer, workdir: str) -> None:
+  if os.path.isdir(tokenizer.model_path):  # an imported HF tokenizer (lm/interop) and its HF config
+    src = os.path.dirname(tokenizer.model_path)
+    for name in ("tokenizer", "hf_config.json"):
+      if os.path.exists(os.path.join(src, name)) and not os.path.exists(os.path.join(workdir, name)):
+        (shutil.copytree if name == "tokenizer" else shutil.copyfile)(
+            os.path.join(src, name), os.path.join(workdir, name))
+    return
   dst = os.path.join(workdir, "tokenizer.model")
   if not os.path.exists(dst):
     shutil.copyfile(tokenizer.model_path, dst + ".tmp")

@@ -1,6 +1,4 @@
 """Shared pieces of the Hugging Face interop tests (torch and transformers: the `interop` extra)."""
-import os
-
 import jax
 import numpy as np
 import torch
@@ -58,5 +56,11 @@ def params_equal_bitwise(a, b) -> None:
     assert np.asarray(x).dtype == np.asarray(flat_b[p]).dtype
 
 
-def workdir_files(workdir: str):
-  return sorted(os.listdir(workdir))
+def assert_reimport_is_bitwise(workdir: str, exported_hf: str, workdir2: str) -> None:
+  """WORKDIR -> (exported) HF -> WORKDIR2 gives the same model config and bit-identical params."""
+  from experiments import convert
+  convert.main([f"--from_hf={exported_hf}", f"--to={workdir2}"])
+  cfg1, _, p1 = load_workdir(workdir)
+  cfg2, _, p2 = load_workdir(workdir2)
+  assert cfg1 == cfg2
+  params_equal_bitwise(p1, p2)

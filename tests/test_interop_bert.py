@@ -11,7 +11,7 @@ from transformers import BertConfig, BertForMaskedLM, BertForPreTraining
 from experiments import convert
 from lm import interop
 from lm.data.hf_tokenizer import load_tokenizer
-from tests.interop_helpers import load_workdir, params_equal_bitwise, record, torch_logits
+from tests.interop_helpers import assert_reimport_is_bitwise, load_workdir, record, torch_logits
 
 V, D = 90, 32
 SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
@@ -81,11 +81,7 @@ def test_export_reloads_in_transformers_and_round_trips_bitwise(hf, tmp_path):
   m = np.broadcast_to(_batch()[2][..., None].astype(bool), a.prediction_logits.shape)
   record("bert", "export mlm logits", a.prediction_logits.numpy(), b.prediction_logits.numpy(), m)
   record("bert", "export nsp logits", a.seq_relationship_logits.numpy(), b.seq_relationship_logits.numpy())
-  convert.main([f"--from_hf={out_hf}", f"--to={wd2}"])
-  cfg1, _, p1 = load_workdir(wd)
-  cfg2, _, p2 = load_workdir(wd2)
-  assert cfg1 == cfg2
-  params_equal_bitwise(p1, p2)
+  assert_reimport_is_bitwise(wd, out_hf, wd2)
 
 
 def test_masked_lm_without_nsp_head(tmp_path):

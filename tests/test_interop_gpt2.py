@@ -13,7 +13,7 @@ from transformers import GPT2Config, GPT2LMHeadModel
 from experiments import convert
 from lm import decode, sharding
 from lm.data.hf_tokenizer import HFTokenizer
-from tests.interop_helpers import (apply_capturing, load_workdir, params_equal_bitwise, record,
+from tests.interop_helpers import (assert_reimport_is_bitwise, apply_capturing, load_workdir, record,
                                    torch_logits)
 
 V, D = 272, 32
@@ -80,11 +80,7 @@ def test_export_reloads_in_transformers_and_round_trips_bitwise(hf, tmp_path):
   a = torch_logits(reloaded, input_ids=ids, attention_mask=mask, position_ids=pos).logits.numpy()
   b = torch_logits(hf_model, input_ids=ids, attention_mask=mask, position_ids=pos).logits.numpy()
   record("gpt2", "export logits", a, b, np.broadcast_to(mask[..., None].astype(bool), a.shape))
-  convert.main([f"--from_hf={out_hf}", f"--to={wd2}"])
-  cfg1, _, p1 = load_workdir(wd)
-  cfg2, _, p2 = load_workdir(wd2)
-  assert cfg1 == cfg2
-  params_equal_bitwise(p1, p2)
+  assert_reimport_is_bitwise(wd, out_hf, wd2)
 
 
 def test_greedy_generation_matches_transformers(hf):

@@ -14,7 +14,7 @@ from transformers import T5Config, T5ForConditionalGeneration
 from experiments import convert
 from lm import decode
 from lm.data.hf_tokenizer import HFTokenizer
-from tests.interop_helpers import (apply_capturing, load_workdir, params_equal_bitwise, record,
+from tests.interop_helpers import (assert_reimport_is_bitwise, apply_capturing, load_workdir, record,
                                    torch_logits)
 
 V, D = 96, 32
@@ -109,11 +109,7 @@ def test_export_reloads_in_transformers_and_round_trips_bitwise(hf, tmp_path):
   a, b = _hf_out(reloaded).logits.numpy(), _hf_out(hf_model).logits.numpy()
   dm = _batch()[3][..., None].astype(bool)
   record(f"t5 {tag}", "export logits", a, b, np.broadcast_to(dm, a.shape))
-  convert.main([f"--from_hf={out_hf}", f"--to={wd2}"])
-  cfg1, _, p1 = load_workdir(wd)
-  cfg2, _, p2 = load_workdir(wd2)
-  assert cfg1 == cfg2
-  params_equal_bitwise(p1, p2)
+  assert_reimport_is_bitwise(wd, out_hf, wd2)
 
 
 def test_greedy_generation_matches_transformers(hf):

@@ -92,7 +92,7 @@ def import_hf(hf_dir: str, workdir: str) -> dict:
   shapes = storage_shapes(cfg)
   specs = arch.tensor_specs(cfg)
   check_specs_cover(specs, shapes)
-  absent = check_tensors(specs, shapes, reader, arch.ignored)
+  absent = check_tensors(specs, shapes, reader, lambda n: bool(arch.IGNORED.search(n)))
   _check_empty(workdir)
 
   params = read_params(specs, shapes, reader, np.dtype(cfg.param_dtype))

@@ -12,7 +12,7 @@ import re
 
 from lm.bert import hf_bert_names
 from lm.config import ModelConfig
-from lm.interop.common import Spec, hf_get, linear, refuse, require
+from lm.interop.common import Spec, hf_get, linear, prefixed, refuse, require, require_mha
 
 ARCH = "BERT"
 MODEL_TYPES = ("bert",)
@@ -21,7 +21,9 @@ ACTIVATIONS = {"gelu": "gelu_exact", "gelu_new": "gelu", "gelu_pytorch_tanh": "g
 _TO_HF_ACT = {v: k for k, v in ACTIVATIONS.items() if k != "gelu_pytorch_tanh"}
 HEADS = ("mlm_head", "pooler", "nsp_head")
 # position_ids buffers; the decoder's weight (tied to the word embeddings) and bias (a copy)
-_IGNORED = re.compile(r"(position_ids$|^cls\.predictions\.decoder\.(weight|bias)$)")
+IGNORED = re.compile(r"(position_ids$|^cls\.predictions\.decoder\.(weight|bias)$)")
+# BertModel files lack the head classes' `bert.` prefix
+canonical = prefixed("bert.", ("bert.", "cls."))
 
 
 def config_from_hf(hf: dict, names: set[str]) -> ModelConfig:
@@ -50,10 +52,7 @@ def config_to_hf(cfg: ModelConfig, base: dict) -> dict:
   require(cfg, ARCH, family="encoder", position="learned", norm="layernorm",
           norm_placement="post", use_bias=True, embed_norm=True, tie_embeddings=True,
           output_scale=1.0, scale_attention=True)
-  if cfg.kv_heads != cfg.num_heads:
-    require(cfg, ARCH, num_kv_heads=0)
-  if cfg.head_dim not in (0, cfg.d_model // cfg.num_heads):
-    require(cfg, ARCH, head_dim=0)
+  require_mha(cfg, ARCH)
   if cfg.mlp_activation not in _TO_HF_ACT:
     require(cfg, ARCH, mlp_activation="gelu_exact")
   if not cfg.type_vocab_size:
@@ -67,14 +66,6 @@ def config_to_hf(cfg: ModelConfig, base: dict) -> dict:
              position_embedding_type="absolute", tie_word_embeddings=True)
   return out
 
-
-def canonical(name: str) -> str:
-  """BertModel files lack the `bert.` prefix of the head classes."""
-  return name if name.startswith(("bert.", "cls.")) else "bert." + name
-
-
-def ignored(name: str) -> bool:
-  return bool(_IGNORED.search(name))
 
 
 def tensor_specs(cfg: ModelConfig) -> dict[tuple, Spec]:

@@ -4,7 +4,8 @@ An architecture module (bert.py, gpt2.py, t5.py) states only the mapping:
   config_from_hf(hf_config, names) -> ModelConfig   (UnsupportedError names the field)
   config_to_hf(cfg, base) -> dict                   (UnsupportedError names the field)
   tensor_specs(cfg) -> {our unrolled param path: Spec}
-  ignored(name) -> bool                             (HF tensors that carry nothing: tied copies, buffers)
+  canonical(name) -> name                           (the head class's name of a base class's tensor)
+  IGNORED                                           (regex: HF tensors that carry nothing: tied copies, buffers)
 This module reads one tensor at a time, stacks layers into the checkpoint layout
 (lm/layout.py), and checks names and shapes before anything is converted.
 """
@@ -238,6 +239,20 @@ def require(cfg: ModelConfig, arch: str, **fields) -> None:
   if wrong:
     lines = ", ".join(f"model.{k}={v!r} (needs {fields[k]!r})" for k, v in wrong.items())
     raise UnsupportedError(f"this model cannot be exported as {arch}: {lines}")
+
+
+def require_mha(cfg: ModelConfig, arch: str, any_head_dim: bool = False) -> None:
+  """Plain multi-head attention (no GQA); head_dim = d_model / num_heads unless any_head_dim."""
+  if cfg.kv_heads != cfg.num_heads:
+    require(cfg, arch, num_kv_heads=0)
+  if not any_head_dim and cfg.head_dim not in (0, cfg.d_model // cfg.num_heads):
+    require(cfg, arch, head_dim=0)
+
+
+def prefixed(prefix: str, keep: tuple) -> Callable[[str], str]:
+  """canonical(): names not starting with `keep` get `prefix` (a base class's file lacks a head
+  class's prefix, e.g. BertModel's `bert.`)."""
+  return lambda name: name if name.startswith(keep) else prefix + name
 
 
 def hf_get(hf: Mapping, key: str, default=None, arch: str = ""):

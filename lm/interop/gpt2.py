@@ -10,14 +10,16 @@ from __future__ import annotations
 import re
 
 from lm.config import ModelConfig
-from lm.interop.common import Spec, hf_get, refuse, require
+from lm.interop.common import Spec, hf_get, prefixed, refuse, require, require_mha
 
 ARCH = "GPT-2"
 MODEL_TYPES = ("gpt2",)
 ACTIVATIONS = {"gelu_new": "gelu", "gelu_pytorch_tanh": "gelu", "gelu": "gelu_exact",
                "relu": "relu"}
 _TO_HF_ACT = {"gelu": "gelu_new", "gelu_exact": "gelu", "relu": "relu"}
-_IGNORED = re.compile(r"(^lm_head\.weight$|\.attn\.(masked_)?bias$)")  # tied copy, mask buffers
+IGNORED = re.compile(r"(^lm_head\.weight$|\.attn\.(masked_)?bias$)")  # tied copy, mask buffers
+# GPT2Model files (and the original hub checkpoints) lack the `transformer.` prefix
+canonical = prefixed("transformer.", ("transformer.", "lm_head."))
 
 
 def config_from_hf(hf: dict, names: set[str]) -> ModelConfig:
@@ -43,10 +45,7 @@ def config_to_hf(cfg: ModelConfig, base: dict) -> dict:
   require(cfg, ARCH, family="decoder", position="learned", norm="layernorm", norm_placement="pre",
           use_bias=True, tie_embeddings=True, embed_norm=False, type_vocab_size=0,
           output_scale=1.0)
-  if cfg.kv_heads != cfg.num_heads:
-    require(cfg, ARCH, num_kv_heads=0)
-  if cfg.head_dim not in (0, cfg.d_model // cfg.num_heads):
-    require(cfg, ARCH, head_dim=0)
+  require_mha(cfg, ARCH)
   if cfg.mlp_activation not in _TO_HF_ACT:
     require(cfg, ARCH, mlp_activation="gelu")
   out = {k: v for k, v in base.items() if k not in ("n_inner", "scale_attn_weights")}
@@ -58,14 +57,6 @@ def config_to_hf(cfg: ModelConfig, base: dict) -> dict:
              scale_attn_by_inverse_layer_idx=False, reorder_and_upcast_attn=False)
   return out
 
-
-def canonical(name: str) -> str:
-  """GPT2Model files (and the original hub checkpoints) lack the `transformer.` prefix."""
-  return name if name.startswith(("transformer.", "lm_head.")) else "transformer." + name
-
-
-def ignored(name: str) -> bool:
-  return bool(_IGNORED.search(name))
 
 
 def tensor_specs(cfg: ModelConfig) -> dict[tuple, Spec]:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import re
 
 from lm.config import ModelConfig
-from lm.interop.common import Spec, hf_get, linear, refuse, require
+from lm.interop.common import Spec, hf_get, linear, prefixed, refuse, require, require_mha
 
 ARCH = "T5"
 MODEL_TYPES = ("t5", "mt5")
@@ -21,7 +21,9 @@ MODEL_TYPES = ("t5", "mt5")
 ACTIVATIONS = {(False, "relu"): "relu", (True, "gelu_new"): "geglu", (True, "silu"): "swiglu", (False, "gelu_new"): "gelu", (False, "gelu"): "gelu_exact"}
 _TO_HF_FF = {"relu": "relu", "geglu": "gated-gelu", "swiglu": "gated-silu", "gelu": "gelu_new",
              "gelu_exact": "gelu"}
-_IGNORED = re.compile(r"^(encoder|decoder)\.embed_tokens\.weight$")  # copies of shared.weight
+IGNORED = re.compile(r"^(encoder|decoder)\.embed_tokens\.weight$")  # copies of shared.weight
+# T5 files always name tensors in full
+canonical = prefixed("", ())
 
 
 def _activation(hf: dict) -> str:
@@ -61,8 +63,7 @@ def config_from_hf(hf: dict, names: set[str]) -> ModelConfig:
 def config_to_hf(cfg: ModelConfig, base: dict) -> dict:
   require(cfg, ARCH, family="encoder_decoder", position="relative", norm="rmsnorm",
           norm_placement="pre", use_bias=False, embed_norm=False, scale_attention=False)
-  if cfg.kv_heads != cfg.num_heads:
-    require(cfg, ARCH, num_kv_heads=0)
+  require_mha(cfg, ARCH, any_head_dim=True)
   if cfg.output_scale not in (1.0, cfg.d_model ** -0.5):
     require(cfg, ARCH, output_scale=cfg.d_model ** -0.5)
   out = {k: v for k, v in base.items() if k not in ("dense_act_fn", "is_gated_act")}
@@ -78,13 +79,6 @@ def config_to_hf(cfg: ModelConfig, base: dict) -> dict:
              decoder_start_token_id=cfg.decoder_start_id)
   return out
 
-
-def canonical(name: str) -> str:
-  return name
-
-
-def ignored(name: str) -> bool:
-  return bool(_IGNORED.search(name))
 
 
 def _attention(prefix: str) -> dict[tuple, Spec]:
