@@ -42,8 +42,7 @@ class HFTokenizer:
     elif os.path.exists(sp):
       import sentencepiece as spm
       self._fast, self._sp = None, spm.SentencePieceProcessor(model_file=sp)
-      self._piece_to_id = lambda p: (self._sp.piece_to_id(p) if p and self._sp.piece_to_id(p) != self._sp.unk_id()
-                                     or p == self._sp.id_to_piece(self._sp.unk_id()) else None)
+      self._piece_to_id = self._sp_piece_id
       size = self._sp.get_piece_size()
     else:
       raise FileNotFoundError(f"{directory} has neither tokenizer.json nor spiece.model")
@@ -68,6 +67,10 @@ class HFTokenizer:
     for tok in extras:
       if isinstance(tok, str) and self._piece_to_id(tok) is not None:
         self._special[tok] = self._piece_to_id(tok)
+
+  def _sp_piece_id(self, piece: str) -> int | None:
+    i = self._sp.piece_to_id(piece)  # unknown pieces map to <unk>
+    return i if self._sp.id_to_piece(i) == piece else None
 
   @classmethod
   def load(cls, directory: str, hf_config: dict | None = None) -> "HFTokenizer":
