@@ -1,4 +1,6 @@
 """Shared pieces of the Hugging Face interop tests (torch and transformers: the `interop` extra)."""
+import dataclasses
+
 import jax
 import numpy as np
 import torch
@@ -27,18 +29,45 @@ def save_hf(model, path: str) -> str:
   return path
 
 
-def load_workdir(workdir: str, mesh=None):
+def load_workdir(workdir: str, mesh=None, scan_layers: bool = True):
   cfg = ModelConfig(**load_run_config(workdir)["model"])
+  cfg = dataclasses.replace(cfg, scan_layers=scan_layers)
   params, _ = restore_params(workdir, cfg, mesh=mesh)
   return cfg, make_model(cfg), params
 
 
 def apply_capturing(model, params, *args, names=(), method=None, **kw):
-  """(outputs, {module name: its output}) for the top-level submodules in `names`."""
+  """(outputs, {"a/b": output}) for the submodules named in `names` and every unrolled
+  layer (`<stack>/layers_<i>`, when the model has scan_layers=False)."""
+  keep = lambda m, _: m.name in names or (m.name or "").startswith("layers_")
   out, state = model.apply({"params": params}, *args, method=method, mutable=["intermediates"],
-                           capture_intermediates=lambda m, _: m.name in names, **kw)
-  inter = state["intermediates"]
-  return out, {n: inter[n]["__call__"][0] for n in names}
+                           capture_intermediates=keep, **kw)
+  found = {}
+
+  def walk(d, prefix):
+    for k, v in d.items():
+      if k == "__call__":
+        found[prefix] = v[0]
+      elif hasattr(v, "items"):  # a submodule (other methods' captures are skipped)
+        walk(v, f"{prefix}/{k}" if prefix else k)
+
+  walk(state["intermediates"], "")
+  return out, found
+
+
+def layers(found: dict, stack: str) -> list:
+  """The outputs of <stack>/layers_0, layers_1, ... in order."""
+  n = sum(1 for k in found if k.startswith(stack + "/layers_"))
+  return [found[f"{stack}/layers_{i}"] for i in range(n)]
+
+
+def record_hidden(arch: str, what: str, found: dict, stack: str, final: str, theirs, mask_BL):
+  """Every layer's output (the last after the final norm, as HF reports it) against HF's
+  hidden_states[1:], over the non-padded positions."""
+  ours = [np.asarray(x) for x in layers(found, stack)[:-1] + [found[final]]]
+  theirs = [t.numpy() for t in theirs[-len(ours):]]
+  m = np.broadcast_to(np.asarray(mask_BL, bool)[None, :, :, None], (len(ours),) + ours[0].shape)
+  return record(arch, f"{what} ({len(ours)} layers)", np.stack(ours), np.stack(theirs), m)
 
 
 def torch_logits(model, **inputs):

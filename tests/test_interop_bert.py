@@ -11,7 +11,8 @@ from transformers import BertConfig, BertForMaskedLM, BertForPreTraining
 from experiments import convert
 from lm import interop
 from lm.data.hf_tokenizer import load_tokenizer
-from tests.interop_helpers import assert_reimport_is_bitwise, load_workdir, record, torch_logits
+from tests.interop_helpers import (apply_capturing, assert_reimport_is_bitwise, load_workdir, record,
+                                   record_hidden, torch_logits)
 
 V, D = 90, 32
 SPECIALS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
@@ -61,15 +62,15 @@ def _hf_out(model):
 
 def test_import_matches_transformers(hf):
   hf_model, _, wd = hf
-  _, model, params = load_workdir(wd)
+  _, model, params = load_workdir(wd, scan_layers=False)  # unrolled: each layer's output is seen
   ids, types, mask = _batch()
   out = _hf_out(hf_model)
-  mlm, nsp = model.apply({"params": params}, ids, None, mask, types)
-  hidden = model.apply({"params": params}, ids, None, mask, types, method="encode")
+  (mlm, nsp), found = apply_capturing(model, params, ids, None, mask, types, names=("encoder",))
   m = mask[..., None].astype(bool)
   record("bert", "import mlm logits", mlm, out.prediction_logits.numpy(), np.broadcast_to(m, mlm.shape))
   record("bert", "import nsp logits", nsp[:, 0], out.seq_relationship_logits.numpy())
-  record("bert", "import hidden", hidden, out.hidden_states[-1].numpy(), np.broadcast_to(m, hidden.shape))
+  # post-norm BERT has no final norm: the last layer's output is the stack's
+  record_hidden("bert", "import hidden", found, "encoder", "encoder", out.hidden_states, mask)
 
 
 def test_export_reloads_in_transformers_and_round_trips_bitwise(hf, tmp_path):

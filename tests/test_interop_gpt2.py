@@ -13,8 +13,8 @@ from transformers import GPT2Config, GPT2LMHeadModel
 from experiments import convert
 from lm import decode, sharding
 from lm.data.hf_tokenizer import HFTokenizer
-from tests.interop_helpers import (assert_reimport_is_bitwise, apply_capturing, load_workdir, record,
-                                   torch_logits)
+from tests.interop_helpers import (apply_capturing, assert_reimport_is_bitwise, load_workdir, record,
+                                   record_hidden, torch_logits)
 
 V, D = 272, 32
 TEXT = ["the cat sat on the mat", "a dog ran in the park", "the cat and the dog"] * 5
@@ -55,18 +55,16 @@ def _batch():
 def _compare(model, params, hf_model, tag):
   ids, mask, pos = _batch()
   out = torch_logits(hf_model, input_ids=ids, attention_mask=mask, position_ids=pos)
-  logits, inter = apply_capturing(model, params, ids, pos, mask, names=("final_norm",))
+  logits, found = apply_capturing(model, params, ids, pos, mask, names=("final_norm",))
   m = mask[..., None].astype(bool)
   record("gpt2", f"{tag} logits", logits, out.logits.numpy(), np.broadcast_to(m, logits.shape))
-  hidden = inter["final_norm"]
-  record("gpt2", f"{tag} hidden", hidden, out.hidden_states[-1].numpy(),
-         np.broadcast_to(m, hidden.shape))
+  record_hidden("gpt2", f"{tag} hidden", found, "decoder", "final_norm", out.hidden_states, mask)
   return out.logits.numpy()
 
 
 def test_import_matches_transformers(hf):
   hf_model, _, wd = hf
-  _, model, params = load_workdir(wd)
+  _, model, params = load_workdir(wd, scan_layers=False)  # unrolled: each layer's output is seen
   _compare(model, params, hf_model, "import")
 
 

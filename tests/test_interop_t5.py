@@ -14,8 +14,8 @@ from transformers import T5Config, T5ForConditionalGeneration
 from experiments import convert
 from lm import decode
 from lm.data.hf_tokenizer import HFTokenizer
-from tests.interop_helpers import (assert_reimport_is_bitwise, apply_capturing, load_workdir, record,
-                                   torch_logits)
+from tests.interop_helpers import (apply_capturing, assert_reimport_is_bitwise, load_workdir, record,
+                                   record_hidden, torch_logits)
 
 V, D = 96, 32
 VARIANTS = {
@@ -85,20 +85,18 @@ def _hf_out(model):
 
 def test_import_matches_transformers(hf):
   tag, hf_model, _, wd = hf
-  cfg, model, params = load_workdir(wd)
+  cfg, model, params = load_workdir(wd, scan_layers=False)  # unrolled: each layer's output is seen
   assert cfg.tie_embeddings == (tag == "v1.0")
   enc, enc_mask, dec, dec_mask = _batch()
   out = _hf_out(hf_model)
-  logits, inter = apply_capturing(model, params, enc, dec, None, enc_mask, None, dec_mask,
+  logits, found = apply_capturing(model, params, enc, dec, None, enc_mask, None, dec_mask,
                                   names=("decoder_norm", "encoder_norm"))
-  dm, em = dec_mask[..., None].astype(bool), enc_mask[..., None].astype(bool)
+  dm = dec_mask[..., None].astype(bool)
   record(f"t5 {tag}", "import logits", logits, out.logits.numpy(), np.broadcast_to(dm, logits.shape))
-  h = inter["decoder_norm"]
-  record(f"t5 {tag}", "import decoder hidden", h, out.decoder_hidden_states[-1].numpy(),
-         np.broadcast_to(dm, h.shape))
-  h = inter["encoder_norm"]
-  record(f"t5 {tag}", "import encoder hidden", h, out.encoder_last_hidden_state.numpy(),
-         np.broadcast_to(em, h.shape))
+  record_hidden(f"t5 {tag}", "import encoder hidden", found, "encoder", "encoder_norm",
+                out.encoder_hidden_states, enc_mask)
+  record_hidden(f"t5 {tag}", "import decoder hidden", found, "decoder", "decoder_norm",
+                out.decoder_hidden_states, dec_mask)
 
 
 def test_export_reloads_in_transformers_and_round_trips_bitwise(hf, tmp_path):
