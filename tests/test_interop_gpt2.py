@@ -1,5 +1,6 @@
 """GPT-2 from and to Hugging Face: logit parity, export, bitwise round trip, greedy decoding,
 sharded loading and the tokenizer (a byte-level BPE trained here)."""
+import functools
 import os
 
 import jax
@@ -114,3 +115,24 @@ def test_tokenizer_is_the_hf_one(hf):
   assert dec.tokenizer.encode(text) == ref.encode(text).ids
   assert dec.tokenizer.decode(dec.tokenizer.encode(text)) == text
   assert dec.tokenizer.eos_id == 0 and dec.tokenizer.vocab_size == V
+
+
+@pytest.mark.slow
+def test_training_starts_from_the_import(hf, tmp_path):
+  """experiments/configs/from_hf.py: init_from the import, its tokenizer in the data pipeline."""
+  from experiments.configs.from_hf import get_config
+  from lm.train import train
+  _, _, wd = hf
+  c = get_config(wd)
+  for dotted, value in {"data.data_dir": str(tmp_path / "data"), "data.seq_len": 32,
+                        "data.synthetic.train_docs": 200, "data.synthetic.eval_docs": 20,
+                        "train.batch_size": 8, "train.num_steps": 1, "train.warmup_steps": 10,
+                        "train.eval_batches": 1}.items():
+    *parents, leaf = dotted.split(".")
+    functools.reduce(lambda node, k: node[k], parents, c)[leaf] = value
+  tuned = str(tmp_path / "tuned")
+  train(c, tuned, devices=jax.devices()[:1])  # lr is 0 at step 0: the params stay the import's
+  assert isinstance(decode.Decoder.from_workdir(tuned).tokenizer, HFTokenizer)
+  _, _, a = load_workdir(wd)
+  _, _, b = load_workdir(tuned)
+  jax.tree.map(np.testing.assert_array_equal, a, b)
