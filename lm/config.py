@@ -35,7 +35,8 @@ class ModelConfig:
   rope_base: float = 10000.0
   norm: str = "rmsnorm"  # "rmsnorm" | "layernorm"
   norm_eps: float = 1e-6
-  mlp_activation: str = "swiglu"  # "swiglu" | "gelu" (tanh approx.) | "gelu_exact" | "relu" | "geglu" (gated tanh-GELU, T5 v1.1)
+  # "swiglu" | "gelu" (tanh approx.) | "gelu_exact" | "relu" | "geglu" (gated tanh-GELU, T5 v1.1)
+  mlp_activation: str = "swiglu"
   dropout_rate: float = 0.0
   tie_embeddings: bool = True
   scan_layers: bool = True
@@ -67,6 +68,12 @@ class ModelConfig:
   def from_config(cls, model_cfg: Any) -> "ModelConfig":
     d = model_cfg.to_dict() if hasattr(model_cfg, "to_dict") else dict(model_cfg)
     return cls(**d)
+
+
+def with_model_defaults(model: dict) -> dict:
+  """A saved model config with the fields added since it was written at their defaults
+  (which keep the model as it was), so older runs still resume and load."""
+  return {**dataclasses.asdict(ModelConfig()), **model}
 
 
 def _model_defaults() -> ml_collections.ConfigDict:

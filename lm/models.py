@@ -210,6 +210,9 @@ def validate_model_config(cfg: Any) -> None:
   if not isinstance(cfg.decoder_start_id, int) or not 0 <= cfg.decoder_start_id < cfg.vocab_size:
     raise ConfigError(f"model.decoder_start_id={cfg.decoder_start_id!r} must be a token id in "
                       f"[0, vocab_size={cfg.vocab_size})")
+  if cfg.output_scale != 1.0 and cfg.family == "encoder":
+    raise ConfigError(f"model.output_scale={cfg.output_scale} does not apply to the encoder "
+                      "family (its MLM head has its own transform); set it to 1.0")
   if not isinstance(cfg.scale_attention, bool):
     raise ConfigError(f"model.scale_attention={cfg.scale_attention!r} must be true or false")
   if not cfg.norm_eps > 0:

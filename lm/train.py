@@ -29,7 +29,7 @@ import optax
 
 from lm import layout, sharding
 from lm.checkpoint import Checkpointer
-from lm.config import ConfigError, ModelConfig, config_diff, validate
+from lm.config import ConfigError, ModelConfig, config_diff, validate, with_model_defaults
 from lm.metrics import MetricsWriter, peak_flops, step_cost
 from lm.objectives import get_objective
 from lm.steps import TrainState, make_eval_step, make_optimizer, make_train_step, track_nonfinite
@@ -111,6 +111,7 @@ def check_checkpoint_model(meta: dict, model_cfg: ModelConfig, where: str) -> No
   saved = meta.get("model")
   if saved is None:
     return
+  saved = with_model_defaults(saved)
   diff = {k: v for k, v in config_diff(saved, dataclasses.asdict(model_cfg)).items()
           if k not in LAYOUT_ONLY_MODEL_FIELDS}
   if diff:

@@ -247,3 +247,20 @@ def test_validation_names_the_field(kw, field):
 def test_validation_lists_valid_choices():
   with pytest.raises(ConfigError, match="rope, learned, sinusoidal"):
     validate_model_config(small_cfg(position="alibi"))
+
+
+def test_configs_saved_before_the_interop_fields_still_match(tmp_path):
+  """Runs written before scale_attention / output_scale / decoder_start_id existed resume and load."""
+  import json
+
+  from lm.train import check_checkpoint_model
+  from lm.workdir import check_existing_config
+  model = dataclasses.asdict(ModelConfig())
+  for field in ("scale_attention", "output_scale", "decoder_start_id"):
+    model.pop(field)
+  check_checkpoint_model({"model": model}, ModelConfig(), "an older run")
+  config = base_config().to_dict()
+  (tmp_path / "config.json").write_text(json.dumps(dict(config, model=model)))
+  assert check_existing_config(str(tmp_path), config) == {}
+  with pytest.raises(ConfigError, match="model.output_scale"):
+    check_checkpoint_model({"model": model}, ModelConfig(output_scale=0.5), "an older run")
