@@ -115,6 +115,13 @@ class JaxBackend:
     if tokenizer is None:
       raise FileNotFoundError(f"{workdir} has no tokenizer.model (or tokenizer/ of an import): "
                               "is it a finished training run?")
+    from lm import chat
+    try:
+      chat.stop_ids(tokenizer)
+    except KeyError as e:  # e.g. an imported Hugging Face vocabulary (lm/interop)
+      raise ValueError(f"{workdir}: the agent prompts in this project's chat format, and its "
+                       f"tokenizer lacks the chat tokens ({e}); use a run tuned with "
+                       "this project's tokenizer") from e
     ckpt = Checkpointer(os.path.join(workdir, "checkpoints"))
     step = ckpt.latest_step() if step is None else step
     if step is None:

@@ -136,3 +136,9 @@ def test_training_starts_from_the_import(hf, tmp_path):
   _, _, a = load_workdir(wd)
   _, _, b = load_workdir(tuned)
   jax.tree.map(np.testing.assert_array_equal, a, b)
+
+
+def test_agent_names_the_missing_chat_tokens(hf):
+  from agent.lm_backend import JaxBackend
+  with pytest.raises(ValueError, match="lacks the chat tokens"):
+    JaxBackend.from_workdir(hf[2])

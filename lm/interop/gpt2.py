@@ -55,6 +55,8 @@ def config_to_hf(cfg: ModelConfig, base: dict) -> dict:
              activation_function=_TO_HF_ACT[cfg.mlp_activation],
              scale_attn_weights=cfg.scale_attention, tie_word_embeddings=True,
              scale_attn_by_inverse_layer_idx=False, reorder_and_upcast_attn=False)
+  if "n_ctx" in base:  # older configs repeat n_positions
+    out["n_ctx"] = cfg.max_len
   return out
 
 
