@@ -26,5 +26,9 @@ setup(
     ],
     extras_require={
         "test": ["pytest>=8", "pytest-xdist>=3.6"],
+        # Hugging Face checkpoints (lm/interop, experiments/convert.py): no torch needed
+        "hf": ["safetensors>=0.4", "tokenizers>=0.19"],
+        # the interop tests build reference models with transformers on CPU torch
+        "interop": ["safetensors>=0.4", "tokenizers>=0.19", "transformers>=4.40", "torch==2.13.0"],
     },
 )

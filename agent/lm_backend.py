@@ -18,7 +18,6 @@ per prompt-length bucket and one jitted one-token step, whatever the batch.
 """
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
@@ -105,16 +104,24 @@ class JaxBackend:
     """A run's newest (or `step`) params and tokenizer; an encoder-decoder run gets a DecodeBackend."""
     from lm import decode
     from lm.config import ModelConfig
-    from lm.data.tokenizer import Tokenizer
+    from lm import chat
+    from lm.data.hf_tokenizer import load_tokenizer
     config = decode.load_run_config(workdir)
     model_cfg = ModelConfig(**{**config["model"], "dropout_rate": 0.0, "remat_policy": "none"})
-    tok_path = os.path.join(workdir, "tokenizer.model")
-    if not os.path.exists(tok_path):
-      raise FileNotFoundError(f"{workdir} has no tokenizer.model: is it a finished training run?")
+    tokenizer = load_tokenizer(workdir)
+    if tokenizer is None:
+      raise FileNotFoundError(f"{workdir} has no tokenizer.model (or tokenizer/ of an import): "
+                              "is it a finished training run?")
+    try:
+      chat.stop_ids(tokenizer)
+    except KeyError as e:  # e.g. an imported Hugging Face vocabulary (lm/interop)
+      raise ValueError(f"{workdir}: the agent prompts in this project's chat format, and its "
+                       f"tokenizer lacks the chat tokens ({e}); use a run tuned with "
+                       "this project's tokenizer") from e
     if model_cfg.family not in cls.FAMILIES:
       cls = DecodeBackend  # the library decoder also runs encoder-decoder models
     params, step = decode.restore_params(workdir, model_cfg, step)
-    out = cls(model_cfg, params, Tokenizer.load(tok_path), **kw)
+    out = cls(model_cfg, params, tokenizer, **kw)
     out.step = step
     return out
 

@@ -80,8 +80,10 @@ def make_attention_mask(q_segment_ids_BL: jax.Array, kv_segment_ids_BS: jax.Arra
 
 def dot_product_attention(q_BLHK: jax.Array, k_BSGK: jax.Array, v_BSGK: jax.Array,
                           mask_B1LS: Optional[jax.Array] = None,
-                          bias_BHLS: Optional[jax.Array] = None) -> jax.Array:
+                          bias_BHLS: Optional[jax.Array] = None, scale: bool = True) -> jax.Array:
   """softmax(q k^T / sqrt(K) + bias) v with grouped kv heads; returns [B, L, H, K].
+
+  scale=False drops the 1/sqrt(K) (T5, which folds it into the query init).
 
   `bias_BHLS` (leading dim B or 1) is added to the scaled logits, e.g. T5's
   relative position bias.
@@ -97,7 +99,8 @@ def dot_product_attention(q_BLHK: jax.Array, k_BSGK: jax.Array, v_BSGK: jax.Arra
   q_BLGRK = q_BLHK.reshape(b, l, g, h // g, k)
   logits_BGRLS = jnp.einsum("blgrk,bsgk->bgrls", q_BLGRK, k_BSGK,
                             preferred_element_type=jnp.float32)
-  logits_BGRLS = logits_BGRLS * (1.0 / jnp.sqrt(jnp.float32(k)))
+  if scale:
+    logits_BGRLS = logits_BGRLS * (1.0 / jnp.sqrt(jnp.float32(k)))
   if bias_BHLS is not None:
     bias_BGRLS = bias_BHLS.reshape(bias_BHLS.shape[0], g, h // g, l, -1)
     logits_BGRLS = logits_BGRLS + bias_BGRLS.astype(jnp.float32)
@@ -246,7 +249,8 @@ class MultiHeadAttention(nn.Module):
       k_BSGK = nn.with_logical_constraint(k_BSGK, BSGK)
       v_BSGK = nn.with_logical_constraint(v_BSGK, BSGK)
 
-    out_BLHK = dot_product_attention(q_BLHK, k_BSGK, v_BSGK, mask_B1LS, bias_BHLS)
+    out_BLHK = dot_product_attention(q_BLHK, k_BSGK, v_BSGK, mask_B1LS, bias_BHLS,
+                                     scale=cfg.scale_attention)
     out_BLHK = nn.with_logical_constraint(out_BLHK, BLHK)
     out_init = fan_in_init(out_proj_scale(cfg), in_axis=(0, 1), out_axis=2)
     y_BLD = Einsum((h, k, d), ("heads", "kv", "embed"), "blhk,hkd->bld", out_init, cfg,

@@ -13,8 +13,8 @@ The original BERT architecture is the config
 (`experiments/configs/bert_base.py` has BERT-base's sizes).
 
 Param tree (`params/...`) with the Hugging Face BertForPreTraining name each maps
-to (`hf_bert_to_params` does the conversion; "scanned" layers stack layer i at
-index i of a leading "layers" axis):
+to (`hf_bert_to_params` converts a state dict, lm/interop/bert.py a safetensors
+directory; "scanned" layers stack layer i at index i of a leading "layers" axis):
   token_embed/embedding [V, D]       bert.embeddings.word_embeddings
   pos_embed/embedding [max_len, D]   bert.embeddings.position_embeddings
   type_embed/embedding [T, D]        bert.embeddings.token_type_embeddings
@@ -58,7 +58,7 @@ import numpy as np
 
 from lm.attention import make_attention_mask, sinusoidal_embedding
 from lm.config import ModelConfig
-from lm.layers import BLD, NORMS, Einsum, Embed, activation, fan_in_init, param_dtype
+from lm.layers import BLD, GATED_ACTIVATIONS, NORMS, Einsum, Embed, activation, fan_in_init, param_dtype
 from lm.transformer import TransformerStack, default_positions, stack_layer_params
 
 NSP_CLASSES = 2  # label 0: B follows A (IsNext); 1: B is from another document
@@ -66,7 +66,7 @@ NSP_CLASSES = 2  # label 0: B follows A (IsNext); 1: B is from another document
 
 def head_activation(cfg: ModelConfig):
   # A gated MLP has no single activation; its encoder's heads use tanh-GELU.
-  return activation("gelu" if cfg.mlp_activation == "swiglu" else cfg.mlp_activation)
+  return activation("gelu" if cfg.mlp_activation in GATED_ACTIVATIONS else cfg.mlp_activation)
 
 
 class MLMHead(nn.Module):
@@ -211,25 +211,14 @@ def hf_bert_to_params(state: Mapping[str, Any], cfg: ModelConfig) -> dict:
     raise ValueError(f"the model config is not BERT's architecture (differs in {wrong}, "
                      f"family={cfg.family!r}, type_vocab_size={cfg.type_vocab_size}); "
                      "see the lm/bert.py docstring for BERT's fields")
-  h, k, d = cfg.num_heads, cfg.resolved_head_dim, cfg.d_model
+  from lm.interop.bert import tensor_specs  # the layouts live with the safetensors converter
+  from lm.interop.common import layer_paths, set_path, storage_shapes, to_ours
+  shapes = {p: s for path, shape in storage_shapes(cfg).items() for p, s in layer_paths(path, shape)}
   params: dict = {}
-  for path, name in hf_bert_names(cfg).items():
-    if name not in state:
-      raise KeyError(f"{name} is missing from the checkpoint (needed for params/{'/'.join(path)})")
-    x = np.asarray(state[name])
-    leaf, module = path[-1], path[-2]
-    if leaf == "kernel":
-      x = x.T  # torch Linear stores [out, in]
-      if module in ("query", "key", "value"):
-        x = x.reshape(d, h, k)
-      elif module == "out":
-        x = x.reshape(h, k, d)
-    elif leaf == "bias" and module in ("query", "key", "value"):
-      x = x.reshape(h, k)
-    node = params
-    for p in path[:-1]:
-      node = node.setdefault(p, {})
-    node[leaf] = x
+  for path, spec in tensor_specs(cfg).items():
+    if spec.name not in state:
+      raise KeyError(f"{spec.name} is missing from the checkpoint (needed for params/{'/'.join(path)})")
+    set_path(params, path, to_ours(np.asarray(state[spec.name]), spec, shapes[path]))
   if cfg.scan_layers:
     params = stack_layer_params(params, cfg.num_layers)
   return params

@@ -35,7 +35,8 @@ class ModelConfig:
   rope_base: float = 10000.0
   norm: str = "rmsnorm"  # "rmsnorm" | "layernorm"
   norm_eps: float = 1e-6
-  mlp_activation: str = "swiglu"  # "swiglu" | "gelu"
+  # "swiglu" | "gelu" (tanh approx.) | "gelu_exact" | "relu" | "geglu" (gated tanh-GELU, T5 v1.1)
+  mlp_activation: str = "swiglu"
   dropout_rate: float = 0.0
   tie_embeddings: bool = True
   scan_layers: bool = True
@@ -51,6 +52,10 @@ class ModelConfig:
   num_decoder_layers: int = 0  # encoder_decoder: decoder depth; 0 means num_layers
   relative_attention_num_buckets: int = 32  # position="relative" (T5 bucketed bias)
   relative_attention_max_distance: int = 128
+  # Exact variants of imported checkpoints (lm/interop/). Defaults keep the models as they were.
+  scale_attention: bool = True  # False: logits are q.k unscaled (T5 folds 1/sqrt(K) into its init)
+  output_scale: float = 1.0  # final features times this before the logits (T5 v1.0: d_model**-0.5)
+  decoder_start_id: int = 2  # encoder_decoder: first decoder input when generating (<bos>; T5: pad 0)
 
   @property
   def kv_heads(self) -> int:
@@ -64,6 +69,12 @@ class ModelConfig:
   def from_config(cls, model_cfg: Any) -> "ModelConfig":
     d = model_cfg.to_dict() if hasattr(model_cfg, "to_dict") else dict(model_cfg)
     return cls(**d)
+
+
+def with_model_defaults(model: dict) -> dict:
+  """A saved model config with the fields added since it was written at their defaults
+  (which keep the model as it was), so older runs still resume and load."""
+  return {**dataclasses.asdict(ModelConfig()), **model}
 
 
 def _model_defaults() -> ml_collections.ConfigDict:

@@ -176,7 +176,7 @@ def _sample_loop(params, tokens_BP, segs_BP, pos_BP, keys_B, stop_S, temperature
   b = tokens_BP.shape[0]
   cache_len = max_new_tokens + (1 if cfg.family == "encoder_decoder" else tokens_BP.shape[1])
   logits_BV, cache, ctx, pos_B = _prefill(model, cfg, params, tokens_BP, segs_BP, pos_BP,
-                                          cache_len, BOS_ID)
+                                          cache_len, cfg.decoder_start_id)
   out_BN = jnp.zeros((b, max_new_tokens), jnp.int32)
   all_logits = jnp.zeros((b, max_new_tokens, logits_BV.shape[-1]) if return_logits else (0,),
                          jnp.float32)
@@ -204,7 +204,7 @@ def _sample_loop(params, tokens_BP, segs_BP, pos_BP, keys_B, stop_S, temperature
   return out_BN, t, all_logits
 
 
-BOS_ID = 2  # lm/data/tokenizer.py BOS (the decoder start of encoder-decoder models)
+BOS_ID = 2  # lm/data/tokenizer.py BOS (the default model.decoder_start_id)
 PAD_ID = 0
 
 
@@ -316,7 +316,8 @@ def generate(model, params, prompts_ids: Sequence[Sequence[int]], *, max_new_tok
 
 @functools.partial(jax.jit, static_argnames=("cfg", "cache_len"))
 def _jit_prefill(params, tokens_BP, segs_BP, pos_BP, *, cfg, cache_len: int):
-  return _prefill(_model(cfg), cfg, params, tokens_BP, segs_BP, pos_BP, cache_len, BOS_ID)
+  return _prefill(_model(cfg), cfg, params, tokens_BP, segs_BP, pos_BP, cache_len,
+                  cfg.decoder_start_id)
 
 
 @functools.partial(jax.jit, static_argnames=("cfg",))
@@ -368,7 +369,7 @@ def _recompute_loop(params, tokens_BP, segs_BP, pos_BP, *, cfg, max_new_tokens: 
   enc_dec = cfg.family == "encoder_decoder"
   if enc_dec:
     encoded = model.apply({"params": params}, tokens_BP, None, segs_BP, method="encode")
-    seq = jnp.zeros((b, max_new_tokens + 1), jnp.int32).at[:, 0].set(BOS_ID)
+    seq = jnp.zeros((b, max_new_tokens + 1), jnp.int32).at[:, 0].set(cfg.decoder_start_id)
     segs = jnp.ones_like(seq)
     pos = jnp.broadcast_to(jnp.arange(max_new_tokens + 1, dtype=jnp.int32), seq.shape)
     first = 0
@@ -465,12 +466,11 @@ class Decoder:
 
   @classmethod
   def from_workdir(cls, workdir: str, step: Optional[int] = None, mesh=None) -> "Decoder":
-    from lm.data.tokenizer import Tokenizer
+    from lm.data.hf_tokenizer import load_tokenizer
     run = load_run_config(workdir)
     cfg = ModelConfig(**run["model"])
     params, step = restore_params(workdir, cfg, step, mesh)
-    tok_path = os.path.join(workdir, "tokenizer.model")
-    tokenizer = Tokenizer.load(tok_path) if os.path.exists(tok_path) else None
+    tokenizer = load_tokenizer(workdir)
     return cls(cfg, params, tokenizer, mesh, step)
 
   def stop_ids(self) -> tuple[int, ...]:

@@ -42,7 +42,7 @@ def beam_search(params, tokens_BP, segs_BP, pos_BP, stop_S, alpha, *, cfg, max_n
   b, w, n = tokens_BP.shape[0], beam_size, max_new_tokens
   cache_len = n + (1 if cfg.family == "encoder_decoder" else tokens_BP.shape[1])
   logits_BV, cache, ctx, pos_B = decode._prefill(model, cfg, params, tokens_BP, segs_BP, pos_BP,
-                                                 cache_len, decode.BOS_ID)
+                                                 cache_len, cfg.decoder_start_id)
   v = logits_BV.shape[-1]
   rep = jnp.repeat(jnp.arange(b), w)
   cache, ctx = _reorder(cache, ctx, rep)

@@ -121,6 +121,8 @@ class EncoderDecoderLM(nn.Module):
       cache = dict(cache, k=k, v=v, index=cache["index"] + decoder_tokens_BL.shape[1])
     if cfg.norm_placement == "pre":
       x_BLD = self.decoder_norm(x_BLD)
+    if cfg.output_scale != 1.0:
+      x_BLD = x_BLD * jnp.asarray(cfg.output_scale, x_BLD.dtype)
     if cfg.tie_embeddings:
       logits_BLV = self.token_embed.attend(x_BLD)
     else:

@@ -134,15 +134,21 @@ def make_norm(cfg: ModelConfig, name: str) -> nn.Module:
 def activation(name: str) -> Callable:
   """The elementwise function of a non-gated activation name.
 
-  "gelu" is the tanh approximation; "gelu_exact" is x * Phi(x) with erf (BERT).
+  "gelu" is the tanh approximation (GPT-2's "gelu_new"); "gelu_exact" is x * Phi(x)
+  with erf (BERT); "relu" is T5 v1.0's.
   """
   if name == "gelu_exact":
     return lambda x: nn.gelu(x, approximate=False)
+  if name == "relu":
+    return nn.relu
   return nn.gelu
 
 
+GATED_ACTIVATIONS = {"swiglu": nn.silu, "geglu": nn.gelu}  # gate function of each gated MLP
+
+
 class MLP(nn.Module):
-  """GELU (wi -> gelu -> wo) or SwiGLU (silu(wi_gate) * wi_up -> wo) feed-forward."""
+  """Plain (wi -> act -> wo) or gated (act(wi_gate) * wi_up -> wo: SwiGLU, GEGLU) feed-forward."""
   cfg: ModelConfig
 
   @nn.compact
@@ -154,10 +160,10 @@ class MLP(nn.Module):
     def up(name):
       return Einsum((d, f), ("embed", "mlp"), "bld,df->blf", fan_in_init(), cfg, name=name)(x_BLD)
 
-    if cfg.mlp_activation == "swiglu":
+    if cfg.mlp_activation in GATED_ACTIVATIONS:
       gate_BLF = nn.with_logical_constraint(up("wi_gate"), act_BLF)
       up_BLF = nn.with_logical_constraint(up("wi_up"), act_BLF)
-      h_BLF = nn.silu(gate_BLF) * up_BLF
+      h_BLF = GATED_ACTIVATIONS[cfg.mlp_activation](gate_BLF) * up_BLF
     else:
       h_BLF = activation(cfg.mlp_activation)(nn.with_logical_constraint(up("wi"), act_BLF))
     h_BLF = nn.with_logical_constraint(h_BLF, act_BLF)

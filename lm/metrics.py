@@ -20,12 +20,13 @@ import os
 from typing import Any
 
 from lm.config import ModelConfig
+from lm.layers import GATED_ACTIVATIONS
 
 
 def matmul_params(cfg: ModelConfig) -> int:
   d, h, g, k = cfg.d_model, cfg.num_heads, cfg.kv_heads, cfg.resolved_head_dim
   attention = d * h * k + 2 * d * g * k + h * k * d
-  mlp = (3 if cfg.mlp_activation == "swiglu" else 2) * d * cfg.mlp_dim
+  mlp = (3 if cfg.mlp_activation in GATED_ACTIVATIONS else 2) * d * cfg.mlp_dim
   return cfg.num_layers * (attention + mlp)
 
 
@@ -39,7 +40,7 @@ def flops_per_token(cfg: ModelConfig, seq_len: int) -> float:
 def _layer_params(cfg: ModelConfig) -> tuple[int, int]:
   """(attention projection params, MLP params) of one layer."""
   d, h, g, k = cfg.d_model, cfg.num_heads, cfg.kv_heads, cfg.resolved_head_dim
-  mlp = (3 if cfg.mlp_activation == "swiglu" else 2) * d * cfg.mlp_dim
+  mlp = (3 if cfg.mlp_activation in GATED_ACTIVATIONS else 2) * d * cfg.mlp_dim
   return d * h * k + 2 * d * g * k + h * k * d, mlp
 
 

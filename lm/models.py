@@ -33,7 +33,7 @@ from lm.transformer import REMAT_POLICIES, TransformerStack, default_positions, 
 
 FAMILIES = ("decoder", "encoder", "encoder_decoder")
 POSITIONS = ("rope", "learned", "sinusoidal", "relative")
-MLP_ACTIVATIONS = ("swiglu", "gelu", "gelu_exact")
+MLP_ACTIVATIONS = ("swiglu", "gelu", "gelu_exact", "relu", "geglu")
 NORM_PLACEMENTS = ("pre", "post")
 EMBEDDING_PARAMS = ("token_embed", "pos_embed", "type_embed")  # top-level subtrees excluded from N
 
@@ -51,6 +51,8 @@ def make_model(cfg: ModelConfig) -> nn.Module:
 
 def lm_logits(cfg: ModelConfig, embed: Embed, x_BLD: jax.Array) -> jax.Array:
   """float32 logits from final features: tied to the token table or an `output` kernel."""
+  if cfg.output_scale != 1.0:
+    x_BLD = x_BLD * jnp.asarray(cfg.output_scale, x_BLD.dtype)
   if cfg.tie_embeddings:
     logits_BLV = embed.attend(x_BLD)
   else:
@@ -205,6 +207,16 @@ def validate_model_config(cfg: Any) -> None:
                       f"got {cfg.d_model}; change model.d_model")
   if not 0.0 <= cfg.dropout_rate < 1.0:
     raise ConfigError(f"model.dropout_rate={cfg.dropout_rate} must be in [0, 1)")
+  if not (isinstance(cfg.output_scale, (int, float)) and cfg.output_scale > 0):
+    raise ConfigError(f"model.output_scale={cfg.output_scale!r} must be a number > 0 (1.0 = no scaling)")
+  if not isinstance(cfg.decoder_start_id, int) or not 0 <= cfg.decoder_start_id < cfg.vocab_size:
+    raise ConfigError(f"model.decoder_start_id={cfg.decoder_start_id!r} must be a token id in "
+                      f"[0, vocab_size={cfg.vocab_size})")
+  if cfg.output_scale != 1.0 and cfg.family == "encoder":
+    raise ConfigError(f"model.output_scale={cfg.output_scale} does not apply to the encoder "
+                      "family (its MLM head has its own transform); set it to 1.0")
+  if not isinstance(cfg.scale_attention, bool):
+    raise ConfigError(f"model.scale_attention={cfg.scale_attention!r} must be true or false")
   if not cfg.norm_eps > 0:
     raise ConfigError(f"model.norm_eps={cfg.norm_eps} must be > 0")
   if cfg.position == "rope" and not cfg.rope_base > 0:

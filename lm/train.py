@@ -30,7 +30,7 @@ import optax
 
 from lm import layout, sharding, warm_start
 from lm.checkpoint import Checkpointer
-from lm.config import ConfigError, ModelConfig, config_diff, validate
+from lm.config import ConfigError, ModelConfig, config_diff, validate, with_model_defaults
 from lm.metrics import MetricsWriter, peak_flops, step_cost
 from lm.objectives import get_objective
 from lm.steps import TrainState, make_eval_step, make_optimizer, make_train_step, track_nonfinite
@@ -112,6 +112,7 @@ def check_checkpoint_model(meta: dict, model_cfg: ModelConfig, where: str) -> No
   saved = meta.get("model")
   if saved is None:
     return
+  saved = with_model_defaults(saved)
   diff = {k: v for k, v in config_diff(saved, dataclasses.asdict(model_cfg)).items()
           if k not in LAYOUT_ONLY_MODEL_FIELDS}
   if diff:
@@ -173,6 +174,13 @@ def load_init_params(path: str, state: TrainState, model_cfg: ModelConfig) -> Tr
 
 
 def _copy_tokenizer(tokenizer, workdir: str) -> None:
+  if os.path.isdir(tokenizer.model_path):  # an imported HF tokenizer (lm/interop) and its HF config
+    src = os.path.dirname(tokenizer.model_path)
+    for name in ("tokenizer", "hf_config.json"):
+      if os.path.exists(os.path.join(src, name)) and not os.path.exists(os.path.join(workdir, name)):
+        (shutil.copytree if name == "tokenizer" else shutil.copyfile)(
+            os.path.join(src, name), os.path.join(workdir, name))
+    return
   dst = os.path.join(workdir, "tokenizer.model")
   if not os.path.exists(dst):
     shutil.copyfile(tokenizer.model_path, dst + ".tmp")

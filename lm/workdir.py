@@ -15,7 +15,7 @@ from typing import Any
 
 import jax
 
-from lm.config import RESUMABLE_FIELDS, ConfigError, config_diff
+from lm.config import RESUMABLE_FIELDS, ConfigError, config_diff, with_model_defaults
 
 CONFIG_FILE = "config.json"
 MANIFEST_FILE = "manifest.json"
@@ -43,6 +43,8 @@ def check_existing_config(workdir: str, config: dict) -> dict[str, tuple[Any, An
   old = read_json(os.path.join(workdir, CONFIG_FILE))
   if old is None:
     return {}
+  if isinstance(old.get("model"), dict):
+    old = {**old, "model": with_model_defaults(old["model"])}
   diff = config_diff(old, config)
   blocking = {k: v for k, v in diff.items() if k not in RESUMABLE_FIELDS}
   if blocking:

@@ -368,7 +368,7 @@ def test_hf_conversion_refuses_other_architectures():
 @pytest.mark.parametrize("kw, field", [
     (dict(family="bert"), "model.family"),
     (dict(norm_placement="middle"), "model.norm_placement"),
-    (dict(mlp_activation="relu"), "model.mlp_activation"),
+    (dict(mlp_activation="tanh"), "model.mlp_activation"),
     (dict(position="relative", relative_attention_num_buckets=2), "relative_attention_num_buckets"),
     (dict(position="relative", relative_attention_max_distance=8), "relative_attention_max_distance"),
     (dict(type_vocab_size=-1), "model.type_vocab_size"),

@@ -228,7 +228,10 @@ def test_valid_configs_pass():
     (dict(num_kv_heads=3), "model.num_heads must be a multiple of model.num_kv_heads"),
     (dict(position="alibi"), "model.position"),
     (dict(norm="batchnorm"), "model.norm"),
-    (dict(mlp_activation="relu"), "model.mlp_activation"),
+    (dict(mlp_activation="tanh"), "model.mlp_activation"),
+    (dict(output_scale=0.0), "model.output_scale"),
+    (dict(decoder_start_id=-1), "model.decoder_start_id"),
+    (dict(scale_attention=1), "model.scale_attention"),
     (dict(remat_policy="some"), "model.remat_policy"),
     (dict(dtype="float64"), "model.dtype"),
     (dict(param_dtype="int8"), "model.param_dtype"),
@@ -248,3 +251,20 @@ def test_validation_names_the_field(kw, field):
 def test_validation_lists_valid_choices():
   with pytest.raises(ConfigError, match="rope, learned, sinusoidal"):
     validate_model_config(small_cfg(position="alibi"))
+
+
+def test_configs_saved_before_the_interop_fields_still_match(tmp_path):
+  """Runs written before scale_attention / output_scale / decoder_start_id existed resume and load."""
+  import json
+
+  from lm.train import check_checkpoint_model
+  from lm.workdir import check_existing_config
+  model = dataclasses.asdict(ModelConfig())
+  for field in ("scale_attention", "output_scale", "decoder_start_id"):
+    model.pop(field)
+  check_checkpoint_model({"model": model}, ModelConfig(), "an older run")
+  config = base_config().to_dict()
+  (tmp_path / "config.json").write_text(json.dumps(dict(config, model=model)))
+  assert check_existing_config(str(tmp_path), config) == {}
+  with pytest.raises(ConfigError, match="model.output_scale"):
+    check_checkpoint_model({"model": model}, ModelConfig(output_scale=0.5), "an older run")

@@ -56,7 +56,7 @@ def check_data_config(cfg: Any, process_count: int = 1) -> None:
                       f"be a positive multiple of the process count {process_count}.")
   if d.seq_len < 2:
     raise ConfigError(f"data.seq_len={d.seq_len} must be >= 2.")
-  if cfg.model.vocab_size < MIN_VOCAB_SIZE:
+  if cfg.model.vocab_size < MIN_VOCAB_SIZE and imported_tokenizer_workdir(cfg) is None:
     raise ConfigError(
         f"model.vocab_size={cfg.model.vocab_size} must be >= {MIN_VOCAB_SIZE}: the "
         f"tokenizer reserves {NUM_RESERVED} ids (pad, eos, bos, unk and control tokens) "
@@ -165,10 +165,28 @@ def preprocessing(cfg: Any, tokenizer: Tokenizer, batch_size: int):
   return examples.text_ids, make, new_packer
 
 
+def imported_tokenizer_workdir(cfg: Any) -> str | None:
+  """The train.init_from WORKDIR when it is an imported HF checkpoint (lm/interop) with its
+  tokenizer/ and no data.tokenizer_path overrides it; else None."""
+  import os
+  if cfg.data.tokenizer_path or not cfg.train.init_from:
+    return None
+  src = os.path.abspath(cfg.train.init_from)
+  for _ in range(3):  # WORKDIR, WORKDIR/checkpoints, WORKDIR/checkpoints/<step>
+    if os.path.isdir(os.path.join(src, "tokenizer")):
+      return src
+    src = os.path.dirname(src)
+  return None
+
+
 def run_tokenizer(cfg: Any, train_docs) -> Tokenizer:
   """data.tokenizer_path; else the train.init_from run's tokenizer; else the cached/trained one."""
   import os
   path = cfg.data.tokenizer_path
+  imported = imported_tokenizer_workdir(cfg)
+  if imported is not None:  # its own vocabulary, not this project's
+    from lm.data.hf_tokenizer import load_tokenizer
+    return load_tokenizer(imported)
   if not path and cfg.train.init_from:
     src = os.path.abspath(cfg.train.init_from)
     for _ in range(3):  # WORKDIR, WORKDIR/checkpoints, WORKDIR/checkpoints/<step>
