@@ -26,7 +26,7 @@ def get_sweep():
       "config": "experiments/configs/tiny_clm.py",
       "fixed": {"train.num_steps": 800, "train.warmup_steps": 40, "train.eval_every": 400,
                 "train.checkpoint_every": 400, "train.eval_batches": 16,
-                "data.synthetic.eval_docs": 2000},
+                "data.synthetic.train_docs": 200000, "data.synthetic.eval_docs": 2000},
       "zip": {"model.d_model": [s[0] for s in SIZES], "model.num_layers": [s[1] for s in SIZES],
               "model.num_heads": [s[2] for s in SIZES], "model.mlp_dim": [s[3] for s in SIZES]},
       "seeds": [0],
