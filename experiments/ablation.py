@@ -132,7 +132,7 @@ def _success_cell(s: dict | None) -> str:
 
 def table(spec: dict, runs: list[sweeps.Run]) -> tuple[str, list[dict]]:
   columns = spec.get("columns", ["loss", "accuracy"])
-  names = list(dict.fromkeys(eval_name(e) for e in spec.get("evals", []))) or ["heldout"]
+  names = list(dict.fromkeys(eval_name(e) for e in spec.get("evals", [])))
   rows = []
   for r in runs:
     final = _final_eval(r.workdir)
