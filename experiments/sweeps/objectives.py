@@ -29,7 +29,7 @@ tokenizer) is comparable across all five; pretraining losses are not (different 
 
 Command:
   python -m experiments.ablation --ablation=experiments/sweeps/objectives.py --root=runs/objectives
-Cost: measured ~NN minutes on 2 CPU cores (see experiments/REPRODUCE.md).
+Cost: measured 65 minutes on 2 shared CPU cores (about half alone).
 Result: experiments/REPRODUCE.md ("Objectives").
 """
 import os
