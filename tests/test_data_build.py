@@ -27,7 +27,9 @@ def test_build_synthetic_bundle(tmp_path):
   bundle = build_data(cfg, process_index=1, process_count=2)
   assert isinstance(bundle, DataBundle)
   assert bundle.metadata == {"entropy_floor_bpb": pytest.approx(
-      synthetic.entropy_floor_bpb(0, 48, 4, 0.25))}
+      synthetic.entropy_floor_bpb(0, 48, 4, 0.25)), "eval_floor_bpb": pytest.approx(
+      bundle.metadata["eval_floor_bpb"])}
+  assert abs(bundle.metadata["eval_floor_bpb"] / bundle.metadata["entropy_floor_bpb"] - 1) < 0.1
   assert bundle.tokenizer.vocab_size <= cfg.model.vocab_size
   assert bundle.tokenizer.model_path.startswith(os.path.join(cfg.data.data_dir, "tokenizers"))
   batch = next(bundle.train)

@@ -225,7 +225,14 @@ def test_launcher_dry_runs(tmp_path, capsys):
 
 @pytest.mark.parametrize("path", sorted(glob.glob(os.path.join(sweep.REPO_ROOT, "experiments/sweeps/[a-z]*.py"))))
 def test_repository_sweeps_expand(path):
-  runs = sweep.expand(sweep.load_sweep(path), root="/r")
+  module, _ = sweep._load_module(path, "sweep")
+  if hasattr(module, "get_ablation"):  # multi-stage: experiments/ablation.py runs it
+    from experiments import ablation
+    runs = ablation.expand_runs(ablation.load_ablation(path), "/r")
+    assert all(r.workdir == f"/r/{r.name}" for r in runs)
+    assert all("{root}" not in str(v) for r in runs for v in r.overrides.values())
+  else:
+    runs = sweep.expand(sweep.load_sweep(path), root="/r")
   assert runs and len({r.name for r in runs}) == len(runs) and all("__" not in r.name for r in runs)
 
 
