@@ -136,6 +136,7 @@ def format_table(r: dict) -> str:
       ("peak FLOP/s", f"{r['peak_flops'] / 1e9:.2f} GFLOP/s ({r['peak_source']})"),
       ("MFU", f"{100 * r['mfu']:.1f}%"),
       ("peak memory", f"{r['peak_memory_gib']:.2f} GiB ({r['memory_source']})"),
+      ("reuse host memory", str(r.get("reuse_host_memory", False))),
   ]
   for k, v in r.get("decode", {}).items() if isinstance(r.get("decode"), dict) else []:
     rows.append((k, f"{v:,.1f}" if isinstance(v, float) else str(v)))
@@ -154,6 +155,8 @@ def main(argv):
     print("error: --steps must be at least 20 (the median of the steady state is reported)", file=sys.stderr)
     sys.exit(2)
   cfg = _CONFIG.value
+  from lm import host_memory
+  reuse = host_memory.apply_config(cfg)  # before the backend starts: jax.devices() below
   devices = jax.devices()
   if _COMPILE_ONLY.value:
     result = benchmark_train_step(cfg, 0, 0, compile_only=True)
@@ -175,6 +178,7 @@ def main(argv):
   result["peak_memory_gib"] = dev_mem if dev_mem is not None else host_peak_rss_gib()
   result["memory_source"] = "device peak_bytes_in_use" if dev_mem is not None else "host peak RSS"
   result["decode"] = benchmark_decode(cfg) if _DECODE.value else {}
+  result["reuse_host_memory"] = reuse
   result["date"] = time.strftime("%Y-%m-%d")
   print(format_table(result))
   if _OUT.value:

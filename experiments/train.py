@@ -68,9 +68,10 @@ def main(argv):
   import jax
   if not flags.FLAGS["verbosity"].present:  # orbax and tfds log every step at INFO
     logging.set_verbosity(logging.WARNING)
-  from lm import distributed
+  from lm import distributed, host_memory
   from lm.config import ConfigError
 
+  host_memory.apply_config(_CONFIG.value)  # before the backend starts (lm/host_memory.py)
   try:
     distributed.initialize(distributed.DistributedSettings(
         coordinator_address=_COORDINATOR.value, num_processes=_NUM_PROCESSES.value,
