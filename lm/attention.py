@@ -91,28 +91,39 @@ def dot_product_attention(q_BLHK: jax.Array, k_BSGK: jax.Array, v_BSGK: jax.Arra
   Query head h uses kv head h // R (R = H / G): the grouping is a reshape of q,
   k/v are never repeated. Logits and softmax are float32 whatever the input
   dtype. A query row with no visible key (padding) returns zeros, not NaN.
+
+  The mask enters as an additive [B, 1, L, S] bias and fully masked rows are
+  zeroed on the [B, L, H, K] output: both are cheaper on CPU than selecting on
+  the [B, H, L, S] logits and probabilities (BENCHMARKS.md). Plain multi-head
+  attention (R = 1) contracts 4-d operands; XLA:CPU transposes the grouped 5-d
+  form around every matmul.
   """
   b, l, h, k = q_BLHK.shape
   g = k_BSGK.shape[2]
   if h % g:
     raise ValueError(f"query heads ({h}) must be a multiple of kv heads ({g})")
-  q_BLGRK = q_BLHK.reshape(b, l, g, h // g, k)
-  logits_BGRLS = jnp.einsum("blgrk,bsgk->bgrls", q_BLGRK, k_BSGK,
-                            preferred_element_type=jnp.float32)
+  r = h // g
+  logits_BHLS = (jnp.einsum("blhk,bshk->bhls", q_BLHK, k_BSGK, preferred_element_type=jnp.float32)
+                 if r == 1 else
+                 jnp.einsum("blgrk,bsgk->bgrls", q_BLHK.reshape(b, l, g, r, k), k_BSGK,
+                            preferred_element_type=jnp.float32).reshape(b, h, l, -1))
   if scale:
-    logits_BGRLS = logits_BGRLS * (1.0 / jnp.sqrt(jnp.float32(k)))
+    logits_BHLS = logits_BHLS * (1.0 / jnp.sqrt(jnp.float32(k)))
   if bias_BHLS is not None:
-    bias_BGRLS = bias_BHLS.reshape(bias_BHLS.shape[0], g, h // g, l, -1)
-    logits_BGRLS = logits_BGRLS + bias_BGRLS.astype(jnp.float32)
+    logits_BHLS = logits_BHLS + bias_BHLS.astype(jnp.float32)
   if mask_B1LS is not None:
-    mask_B11LS = mask_B1LS[:, :, None, :, :]
     # A finite fill (not -inf) keeps fully masked rows NaN-free; they are zeroed below.
-    logits_BGRLS = jnp.where(mask_B11LS, logits_BGRLS, jnp.finfo(jnp.float32).min)
-  probs_BGRLS = jax.nn.softmax(logits_BGRLS, axis=-1)
+    logits_BHLS = logits_BHLS + jnp.where(mask_B1LS, 0.0, jnp.finfo(jnp.float32).min)
+  probs_BHLS = jax.nn.softmax(logits_BHLS, axis=-1).astype(v_BSGK.dtype)
+  if r == 1:
+    out_BLHK = jnp.einsum("bhls,bshk->blhk", probs_BHLS, v_BSGK)
+  else:
+    out_BLHK = jnp.einsum("bgrls,bsgk->blgrk", probs_BHLS.reshape(b, g, r, l, -1),
+                          v_BSGK).reshape(b, l, h, k)
   if mask_B1LS is not None:
-    probs_BGRLS = jnp.where(mask_B11LS, probs_BGRLS, 0.0)
-  out_BLGRK = jnp.einsum("bgrls,bsgk->blgrk", probs_BGRLS.astype(v_BSGK.dtype), v_BSGK)
-  return out_BLGRK.reshape(b, l, h, k).astype(q_BLHK.dtype)
+    visible_BL11 = jnp.any(mask_B1LS[:, 0], axis=-1)[:, :, None, None]
+    out_BLHK = out_BLHK * visible_BL11.astype(out_BLHK.dtype)
+  return out_BLHK.astype(q_BLHK.dtype)
 
 
 # ---------------------------------------------------------------- positions
