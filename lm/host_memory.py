@@ -24,7 +24,7 @@ import sys
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_MAX = -4
 _M_ARENA_MAX = -8
-_NEVER_TRIM = 2 ** 31 - 1  # bytes of free memory at the heap top before glibc returns it
+_NEVER_TRIM = -1  # M_TRIM_THRESHOLD is a size_t inside glibc: -1 means never trim (2**31-1 would still trim a >2 GiB free top)
 
 _applied = False
 
