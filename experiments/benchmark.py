@@ -10,7 +10,9 @@ overlaps it with compute), with the state donated as in training.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
+import os
 import resource
 import statistics
 import sys
@@ -28,6 +30,9 @@ _OUT = flags.DEFINE_string("out", "", "Write the results as JSON here.")
 _DECODE = flags.DEFINE_bool("decode", True, "Also measure decoding with and without the KV cache.")
 _COMPILE_ONLY = flags.DEFINE_bool("compile_only", False,
                                   "Only build and compile the train step: report parameters and compile time.")
+_OP_PROFILE = flags.DEFINE_integer(
+    "op_profile", 0, "After timing, trace 3 steps and print the N slowest ops with their source "
+    "and matmul GFLOP/s (lm/op_profile.py); 0 = off.")
 flags.mark_flags_as_required(["config"])
 
 
@@ -51,7 +56,26 @@ def measure_peak(devices, override: float, n: int) -> tuple[float, str]:
   return peak_flops(devices, matmul_n=n, repeats=10)
 
 
-def benchmark_train_step(cfg, steps: int, warmup: int, compile_only: bool = False) -> dict:
+def profile_ops(compiled, state, batch, top: int):
+  """Trace 3 steps; (state, per-op rows as dicts, printable summary)."""
+  import tempfile
+
+  import jax
+
+  from lm import op_profile
+
+  steps = 3
+  with tempfile.TemporaryDirectory() as trace_dir:
+    with jax.profiler.trace(trace_dir):
+      for _ in range(steps):
+        state, _ = compiled(state, batch)
+      jax.block_until_ready(state)
+    rows = op_profile.op_table(trace_dir, compiled.as_text(), steps)
+  return state, [dataclasses.asdict(r) for r in rows[:top]], op_profile.summarize(rows, top)
+
+
+def benchmark_train_step(cfg, steps: int, warmup: int, compile_only: bool = False,
+                         op_profile_top: int = 0) -> dict:
   import flax.linen as nn
   import jax
   import numpy as np
@@ -96,6 +120,9 @@ def benchmark_train_step(cfg, steps: int, warmup: int, compile_only: bool = Fals
       state, metrics = compiled(state, batch)
       jax.block_until_ready(state)
       times.append(time.perf_counter() - t)
+    ops, ops_text = [], ""
+    if op_profile_top:
+      state, ops, ops_text = profile_ops(compiled, state, batch, op_profile_top)
   step_s = statistics.median(times)
   tokens, flops = step_cost(model_cfg, {k: v.shape for k, v in host_batch.items()})
   flops_tok = flops / tokens
@@ -110,6 +137,7 @@ def benchmark_train_step(cfg, steps: int, warmup: int, compile_only: bool = Fals
       "devices": len(devices),
       "platform": devices[0].platform,
       "device_kind": devices[0].device_kind,
+      **({"op_profile": ops, "op_profile_text": ops_text} if op_profile_top else {}),
   }
 
 
@@ -155,6 +183,8 @@ def main(argv):
     print("error: --steps must be at least 20 (the median of the steady state is reported)", file=sys.stderr)
     sys.exit(2)
   cfg = _CONFIG.value
+  if _OP_PROFILE.value:  # XLA:CPU records per-op trace events only with this flag, read when the backend starts
+    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_cpu_enable_xprof_traceme=true").strip()
   from lm import host_memory
   reuse = host_memory.apply_config(cfg)  # before the backend starts: jax.devices() below
   devices = jax.devices()
@@ -169,7 +199,7 @@ def main(argv):
   peak, source = measure_peak(devices, _PEAK.value, _MATMUL_N.value)
   result = {"config": config_flags.get_config_filename(flags.FLAGS["config"]),
             "overrides": config_flags.get_override_values(flags.FLAGS["config"]),
-            **benchmark_train_step(cfg, _STEPS.value, _WARMUP.value)}
+            **benchmark_train_step(cfg, _STEPS.value, _WARMUP.value, op_profile_top=_OP_PROFILE.value)}
   # Measure the peak again after the step and keep the best: CPU clocks and load drift.
   if devices[0].platform == "cpu" and _PEAK.value <= 0:
     peak = max(peak, measure_peak(devices, 0.0, _MATMUL_N.value)[0])
@@ -181,6 +211,8 @@ def main(argv):
   result["reuse_host_memory"] = reuse
   result["date"] = time.strftime("%Y-%m-%d")
   print(format_table(result))
+  if result.get("op_profile_text"):
+    print("\n" + result.pop("op_profile_text"))
   if _OUT.value:
     with open(_OUT.value, "w") as f:
       json.dump(result, f, indent=2, default=str)

@@ -37,3 +37,19 @@ def test_benchmark_reports_throughput_mfu_and_decode(tmp_path):
 def test_benchmark_compile_only(tmp_path):
   stdout, r = _run(["--compile_only", "--config.model.num_layers=3"], tmp_path)
   assert "3 layers (scan_layers=True)" in stdout and r["compile_s"] > 0 and r["num_layers"] == 3
+
+
+def test_benchmark_op_profile_names_the_matmuls(tmp_path):
+  stdout, r = _run(["--steps=20", "--nodecode", "--op_profile=500"], tmp_path)
+  assert "ops per step: matmuls" in stdout
+  rows = r["op_profile"]
+  assert 0 < len(rows) <= 500
+  assert [row["ms_per_step"] for row in rows] == sorted((row["ms_per_step"] for row in rows), reverse=True)
+  assert sum(row["ms_per_step"] for row in rows) <= r["step_time_s"] * 1e3 * 2  # 2 threads at most
+  matmuls = [row for row in rows if row["gflop"] > 0]
+  assert matmuls, rows
+  # every matmul comes from a named einsum of the model, forward or backward
+  assert all(row["source"].startswith(("FWD/", "BWD/")) for row in matmuls), matmuls
+  # the tied logits: 2 * tokens * d_model * vocab FLOPs in one op
+  logits = [row for row in matmuls if "token_embed.attend" in row["source"] and row["source"].startswith("FWD/")]
+  assert logits and logits[0]["gflop"] == pytest.approx(2 * 4 * 32 * 32 * 256 / 1e9)

@@ -1,0 +1,129 @@
+"""Where a compiled step spends its time: per-op totals from a jax.profiler trace.
+
+XLA:CPU records one trace event per executed op (thunk) when the backend runs
+with `--xla_cpu_enable_xprof_traceme=true`; on GPU the device planes carry the
+kernels. `op_table` sums those events by op name, joins them with the compiled
+HLO for the source op (`op_name` metadata: which layer and einsum it came from)
+and, for matmuls, the FLOPs, so a row says e.g. "backward of mlp/wi, 4096x1024
+@ 1024x256, 9.3 ms, 231 GFLOP/s". `experiments/benchmark.py --op_profile=N`
+prints the table.
+"""
+from __future__ import annotations
+
+import collections
+import dataclasses
+import glob
+import math
+import os
+import re
+
+# Trace events that are bookkeeping, not ops.
+_SKIP_PREFIXES = ("ThunkExecutor", "SlinkyThreadPool", "ThreadpoolListener", "end:", "$")
+
+
+@dataclasses.dataclass
+class OpRow:
+  name: str  # the HLO instruction (fusion) name
+  ms_per_step: float
+  calls_per_step: float
+  source: str  # op_name metadata, shortened: "FWD/decoder/layers_0/.../mlp/wi/..." or "BWD/..."
+  gflop: float  # matmul FLOPs per step in this op (0 for non-matmuls)
+
+  @property
+  def gflops_per_s(self) -> float:
+    return self.gflop / (self.ms_per_step / 1e3) if self.ms_per_step and self.gflop else 0.0
+
+
+def _instructions(hlo_text: str) -> tuple[dict[str, str], dict[str, str]]:
+  """(instruction name -> its text, computation name -> its body) of an HLO module dump."""
+  comps = {m.group(1): m.group(2) for m in
+           re.finditer(r"^(?:ENTRY )?%?([\w.\-]+) [^\n]*\{\n(.*?)\n\}", hlo_text, re.S | re.M)}
+  inst = {}
+  for body in comps.values():
+    for line in body.splitlines():
+      m = re.match(r"\s*(?:ROOT )?%([\w.\-]+) = (.*)", line)
+      if m:
+        inst.setdefault(m.group(1), m.group(2))
+  return inst, comps
+
+
+def _dims(shape_text: str) -> list[int]:
+  m = re.match(r"\w+\[([\d,]*)\]", shape_text)
+  return [int(d) for d in m.group(1).split(",") if d] if m else []
+
+
+def _dot_gflop(text: str, inst: dict[str, str]) -> float:
+  """FLOPs of a dot instruction: 2 * output elements * contracted size."""
+  m = re.match(r"(\S+) dot\(%([\w.\-]+), ", text)
+  if not m:
+    return 0.0
+  out = _dims(m.group(1))
+  lhs = _dims(inst.get(m.group(2), ""))
+  contracting = re.search(r"lhs_contracting_dims=\{([\d,]*)\}", text)
+  if not lhs or not contracting:
+    return 0.0
+  k = math.prod(lhs[int(i)] for i in contracting.group(1).split(",") if i)
+  return 2.0 * math.prod(out) * k / 1e9
+
+
+def _describe(name: str, inst: dict[str, str], comps: dict[str, str]) -> tuple[str, float]:
+  """(source op name, matmul GFLOP) of an executed op, looking inside its fusion."""
+  text = inst.get(name, "")
+  lines = [text]
+  called = re.search(r"calls=%([\w.\-]+)", text)
+  if called and called.group(1) in comps:
+    lines += [re.sub(r"^\s*(?:ROOT )?%[\w.\-]+ = ", "", l) for l in comps[called.group(1)].splitlines()]
+  gflop = sum(_dot_gflop(l, inst) for l in lines if " dot(" in l)
+  dot_line = next((l for l in lines if " dot(" in l), text)
+  op = re.search(r'op_name="([^"]*)"', dot_line) or re.search(r'op_name="([^"]*)"', text)
+  source = op.group(1) if op else ""
+  source = re.sub(r"^jit\([^)]*\)/", "", source)
+  source = re.sub(r"^transpose\(jvp\(([^)]*)\)\)/", "BWD/", source)
+  source = re.sub(r"^jvp\(([^)]*)\)/", "FWD/", source)
+  source = source.replace("while/body/closed_call/", "")  # scanned layers
+  source = re.sub(r"(layers/)+layers\._sublayer/", "layers/", source)
+  source = re.sub(r"(layers_\d+)/layers_\d+\._sublayer/", r"\1/", source)
+  return source, gflop
+
+
+def op_table(trace_dir: str, hlo_text: str, steps: int) -> list[OpRow]:
+  """Per-op time of `steps` traced steps, slowest first."""
+  import jax
+
+  files = glob.glob(os.path.join(trace_dir, "**", "*.xplane.pb"), recursive=True)
+  if not files:
+    raise FileNotFoundError(f"no *.xplane.pb trace under {trace_dir}")
+  data = jax.profiler.ProfileData.from_file(max(files, key=os.path.getmtime))
+  total_ns, calls = collections.defaultdict(float), collections.Counter()
+  for plane in data.planes:
+    device_plane = plane.name.startswith("/device:")
+    for line in plane.lines:
+      if not (device_plane or line.name.startswith("tf_XLAEigen")):
+        continue
+      for ev in line.events:
+        if ev.name.startswith(_SKIP_PREFIXES):
+          continue
+        total_ns[ev.name] += ev.duration_ns
+        calls[ev.name] += 1
+  inst, comps = _instructions(hlo_text)
+  rows = []
+  for name, ns in total_ns.items():
+    source, gflop = _describe(name, inst, comps)
+    rows.append(OpRow(name, ns / 1e6 / steps, calls[name] / steps, source,
+                      gflop * calls[name] / steps))
+  return sorted(rows, key=lambda r: -r.ms_per_step)
+
+
+def summarize(rows: list[OpRow], top: int) -> str:
+  """Matmul vs other time, then the `top` slowest ops."""
+  dot_ms = sum(r.ms_per_step for r in rows if r.gflop)
+  dot_gflop = sum(r.gflop for r in rows)
+  other_ms = sum(r.ms_per_step for r in rows if not r.gflop)
+  rate = dot_gflop / (dot_ms / 1e3) if dot_ms else 0.0
+  out = [f"ops per step: matmuls {dot_ms:.1f} ms ({dot_gflop:.1f} GFLOP, {rate:.0f} GFLOP/s), "
+         f"other ops {other_ms:.1f} ms",
+         f"{'ms/step':>8}  {'GFLOP/s':>7}  {'op':<28}  source"]
+  for r in rows[:top]:
+    rate = f"{r.gflops_per_s:7.0f}" if r.gflop else " " * 7
+    out.append(f"{r.ms_per_step:8.2f}  {rate}  {r.name[:28]:<28}  {r.source[:110]}")
+  return "\n".join(out)
