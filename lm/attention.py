@@ -126,6 +126,34 @@ def dot_product_attention(q_BLHK: jax.Array, k_BSGK: jax.Array, v_BSGK: jax.Arra
   return out_BLHK.astype(q_BLHK.dtype)
 
 
+ATTENTION_IMPLS = ("auto", "xla", "cudnn")
+
+
+def library_attention(q_BLHK: jax.Array, k_BSGK: jax.Array, v_BSGK: jax.Array,
+                      mask_B1LS: Optional[jax.Array], bias_BHLS: Optional[jax.Array],
+                      scale: bool, implementation: str) -> jax.Array:
+  """`jax.nn.dot_product_attention` (implementation "cudnn": the fused flash kernel on
+  NVIDIA GPUs; "xla" runs anywhere) with this module's conventions: the same
+  mask and bias, GQA, scale=False, and zeros for query rows that see no key."""
+  out_BLHK = jax.nn.dot_product_attention(
+      q_BLHK, k_BSGK, v_BSGK, bias=bias_BHLS, mask=mask_B1LS,
+      scale=None if scale else 1.0, implementation=implementation)
+  if mask_B1LS is not None:
+    visible_BL11 = jnp.any(mask_B1LS[:, 0], axis=-1)[:, :, None, None]
+    out_BLHK = out_BLHK * visible_BL11.astype(out_BLHK.dtype)
+  return out_BLHK.astype(q_BLHK.dtype)
+
+
+def attention_backend(impl: str, dtype) -> str:
+  """The attention path of cfg.attention_impl on this backend: "xla" (dot_product_attention
+  above) or "cudnn". "auto" takes cuDNN on GPUs for 16-bit compute, where its flash kernel
+  applies; float32 and CPUs/TPUs use the XLA path."""
+  if impl != "auto":
+    return impl
+  gpu = jax.default_backend() == "gpu"
+  return "cudnn" if gpu and jnp.dtype(dtype) in (jnp.bfloat16, jnp.float16) else "xla"
+
+
 # ---------------------------------------------------------------- positions
 
 def rope_frequencies(head_dim: int, base: float) -> jax.Array:
@@ -260,8 +288,12 @@ class MultiHeadAttention(nn.Module):
       k_BSGK = nn.with_logical_constraint(k_BSGK, BSGK)
       v_BSGK = nn.with_logical_constraint(v_BSGK, BSGK)
 
-    out_BLHK = dot_product_attention(q_BLHK, k_BSGK, v_BSGK, mask_B1LS, bias_BHLS,
-                                     scale=cfg.scale_attention)
+    if attention_backend(cfg.attention_impl, q_BLHK.dtype) == "cudnn":
+      out_BLHK = library_attention(q_BLHK, k_BSGK, v_BSGK, mask_B1LS, bias_BHLS,
+                                   cfg.scale_attention, "cudnn")
+    else:
+      out_BLHK = dot_product_attention(q_BLHK, k_BSGK, v_BSGK, mask_B1LS, bias_BHLS,
+                                       scale=cfg.scale_attention)
     out_BLHK = nn.with_logical_constraint(out_BLHK, BLHK)
     out_init = fan_in_init(out_proj_scale(cfg), in_axis=(0, 1), out_axis=2)
     y_BLD = Einsum((h, k, d), ("heads", "kv", "embed"), "blhk,hkd->bld", out_init, cfg,

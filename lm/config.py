@@ -41,6 +41,8 @@ class ModelConfig:
   tie_embeddings: bool = True
   scan_layers: bool = True
   scan_unroll: int = 1  # layers per scan iteration (scan_layers); more lets XLA fuse across layers
+  # "auto": cuDNN flash attention on GPUs in bf16/fp16, the XLA path elsewhere | "xla" | "cudnn"
+  attention_impl: str = "auto"
   remat_policy: str = "none"  # "none" | "full" | "dots_saveable" | "save_attention_out"
   dtype: str = "float32"  # compute dtype
   param_dtype: str = "float32"
@@ -199,7 +201,7 @@ RESUMABLE_FIELDS = frozenset({
     "train.num_steps", "train.log_every", "train.eval_every", "train.eval_batches",
     "train.checkpoint_every", "train.keep_checkpoints",
     "mesh.data", "mesh.fsdp", "mesh.tensor", "data.data_dir",
-    "model.scan_layers", "model.scan_unroll", "model.remat_policy", "train.log_layer_norms",
+    "model.scan_layers", "model.scan_unroll", "model.attention_impl", "model.remat_policy", "train.log_layer_norms",
     "train.peak_flops_per_device", "train.reuse_host_memory",
 })
 

@@ -39,7 +39,7 @@ from lm.workdir import check_existing_config, write_run_files
 log = logging.getLogger(__name__)
 
 # Model fields that may differ between a checkpoint and the model restoring it.
-LAYOUT_ONLY_MODEL_FIELDS = frozenset({"scan_layers", "scan_unroll", "remat_policy", "dtype"})
+LAYOUT_ONLY_MODEL_FIELDS = frozenset({"scan_layers", "scan_unroll", "attention_impl", "remat_policy", "dtype"})
 
 
 class TrainingDiverged(RuntimeError):
@@ -61,6 +61,9 @@ class RunSetup:
 def setup_run(cfg: ml_collections.ConfigDict, devices: Sequence[jax.Device]) -> RunSetup:
   """Validate the config for these devices and build mesh, rules, model and optimizer (no compute)."""
   validate(cfg, len(devices), jax.process_count())
+  if cfg.model.attention_impl == "cudnn" and devices[0].platform != "gpu":
+    raise ConfigError(f"model.attention_impl='cudnn' needs NVIDIA GPUs, but the devices are "
+                      f"{devices[0].platform}; use 'auto' (cuDNN where it applies) or 'xla'.")
   objective = get_objective(cfg.objective, cfg)
   model_cfg = ModelConfig.from_config(cfg.model)
   mesh = sharding.make_mesh(cfg.mesh, devices)

@@ -5,8 +5,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from lm.attention import (MultiHeadAttention, apply_rope, dot_product_attention,
-                          make_attention_mask, sinusoidal_table)
+from lm.attention import (MultiHeadAttention, apply_rope, attention_backend, dot_product_attention,
+                          library_attention, make_attention_mask, sinusoidal_table)
 from lm.config import ModelConfig
 
 TOL = dict(atol=1e-5, rtol=1e-5)
@@ -92,6 +92,28 @@ def test_dot_product_attention_matches_naive(kind, kv_heads):
   out = dot_product_attention(q, k, v, mask)
   assert out.shape == (2, 6, 4, 8) and out.dtype == jnp.float32
   np.testing.assert_allclose(out, naive_attention(q, k, v, naive_mask(seg, seg, causal)), **TOL)
+
+
+@pytest.mark.parametrize("kind", list(MASKS))
+@pytest.mark.parametrize("kv_heads", [4, 1])
+def test_library_attention_matches_naive(kind, kv_heads):
+  """The jax.nn.dot_product_attention path (cuDNN on GPUs) keeps our mask, GQA and padding rules;
+  its "xla" implementation runs the same argument mapping on CPU."""
+  seg, causal = MASKS[kind]
+  q, k, v = rand(0, 2, 6, 4, 8), rand(1, 2, 6, kv_heads, 8), rand(2, 2, 6, kv_heads, 8)
+  mask = make_attention_mask(jnp.asarray(seg), jnp.asarray(seg), causal=causal)
+  out = library_attention(q, k, v, mask, None, True, "xla")
+  np.testing.assert_allclose(out, naive_attention(q, k, v, naive_mask(seg, seg, causal)), **TOL)
+  bias = rand(3, 1, 4, 6, 6)
+  np.testing.assert_allclose(library_attention(q, k, v, mask, bias, False, "xla"),
+                             dot_product_attention(q, k, v, mask, bias, scale=False), **TOL)
+
+
+def test_attention_backend_choice():
+  assert attention_backend("auto", jnp.float32) == "xla"
+  if jax.default_backend() != "gpu":
+    assert attention_backend("auto", jnp.bfloat16) == "xla"
+  assert attention_backend("cudnn", jnp.float32) == "cudnn"
 
 
 def test_gqa_equals_mha_with_repeated_kv():

@@ -37,8 +37,10 @@ def _snapshot(d):
     ({"data.seq_len": 64}, 1, ["data.seq_len", "model.max_len"]),
     ({"data.dataset": "no_such_dataset_xyz"}, 1, ["data.dataset"]),
     ({"data.dataset": "text", "data.text_glob": "/nonexistent/*.txt"}, 1, ["data.text_glob"]),
+    ({"model.attention_impl": "flash"}, 1, ["model.attention_impl", "cudnn"]),
+    ({"model.attention_impl": "cudnn"}, 1, ["model.attention_impl", "GPU", "'auto'"]),
 ], ids=["heads_vs_d_model", "heads_vs_kv_heads", "mesh_product", "batch_vs_dp", "seq_len", "missing_dataset",
-        "empty_glob"])
+        "empty_glob", "attention_impl_name", "cudnn_without_gpu"])
 def test_config_errors(tmp_path, data_dir, overrides, devices, expected):
   wd = tmp_path / "run"
   with pytest.raises(ConfigError) as e:
