@@ -43,6 +43,9 @@ class ModelConfig:
   scan_unroll: int = 1  # layers per scan iteration (scan_layers); more lets XLA fuse across layers
   # "auto": cuDNN flash attention on GPUs in bf16/fp16, the XLA path elsewhere | "xla" | "cudnn"
   attention_impl: str = "auto"
+  # Kernel gradients of dense layers and tied logits: "auto" (on CPU a plain GEMM on a copied
+  # transpose, lm/weight_grads.py; autodiff elsewhere) | "xla" (autodiff) | "transposed"
+  weight_grad_impl: str = "auto"
   remat_policy: str = "none"  # "none" | "full" | "dots_saveable" | "save_attention_out"
   dtype: str = "float32"  # compute dtype
   param_dtype: str = "float32"
@@ -201,7 +204,8 @@ RESUMABLE_FIELDS = frozenset({
     "train.num_steps", "train.log_every", "train.eval_every", "train.eval_batches",
     "train.checkpoint_every", "train.keep_checkpoints",
     "mesh.data", "mesh.fsdp", "mesh.tensor", "data.data_dir",
-    "model.scan_layers", "model.scan_unroll", "model.attention_impl", "model.remat_policy", "train.log_layer_norms",
+    "model.scan_layers", "model.scan_unroll", "model.attention_impl", "model.weight_grad_impl",
+    "model.remat_policy", "train.log_layer_norms",
     "train.peak_flops_per_device", "train.reuse_host_memory",
 })
 

@@ -18,6 +18,7 @@ import jax
 import jax.numpy as jnp
 
 from lm.config import ModelConfig
+from lm.weight_grads import token_matmul
 
 VALID_DTYPES = ("float32", "bfloat16", "float16")
 BLD = ("batch", "length", "act_embed")
@@ -43,20 +44,23 @@ def out_proj_scale(cfg: ModelConfig) -> float:
   return 1.0 / (2.0 * cfg.num_layers)
 
 
-def token_einsum(spec: str, x, kernel, **kwargs):
+def token_einsum(spec: str, x, kernel, weight_grad_impl: str = "xla", preferred_element_type=None):
   """einsum of [B, L, ...] activations with a kernel, run as one [B*L, ...] matmul.
 
   XLA:CPU turns a weight gradient that contracts two token dims (b, l) into explicit
   transposes of the activation and the incoming gradient; with the token dims merged
   into one, forward and both backward matmuls are plain GEMMs on row-major operands.
+  `weight_grad_impl` (cfg.weight_grad_impl) picks how the kernel gradient is computed
+  (lm/weight_grads.py).
   """
   lhs, rest = spec.split(",")
   kspec, out = rest.split("->")
   b, l = lhs[:2]
   if x.ndim < 3 or out[:2] != lhs[:2] or b in kspec or l in kspec:
-    return jnp.einsum(spec, x, kernel, **kwargs)
+    return jnp.einsum(spec, x, kernel, preferred_element_type=preferred_element_type)
   n = x.shape[0] * x.shape[1]
-  y = jnp.einsum(f"{b}{lhs[2:]},{kspec}->{b}{out[2:]}", x.reshape((n,) + x.shape[2:]), kernel, **kwargs)
+  y = token_matmul(f"{b}{lhs[2:]},{kspec}->{b}{out[2:]}", x.reshape((n,) + x.shape[2:]), kernel,
+                   weight_grad_impl, preferred_element_type)
   return y.reshape(x.shape[:2] + y.shape[1:])
 
 
@@ -80,7 +84,7 @@ class Einsum(nn.Module):
         "kernel", nn.with_logical_partitioning(self.kernel_init, tuple(self.names)),
         tuple(self.shape), param_dtype(self.cfg))
     dtype = compute_dtype(self.cfg)
-    y = token_einsum(self.spec, x.astype(dtype), kernel.astype(dtype))
+    y = token_einsum(self.spec, x.astype(dtype), kernel.astype(dtype), self.cfg.weight_grad_impl)
     if self.cfg.use_bias and self.bias_dims:
       n = self.bias_dims
       bias = self.param("bias", nn.with_logical_partitioning(nn.initializers.zeros,
@@ -228,4 +232,4 @@ class Embed(nn.Module):
     """Logits x @ table^T, accumulated and returned in float32."""
     dtype = compute_dtype(self.cfg)
     return token_einsum("bld,vd->blv", x_BLD.astype(dtype), self.embedding.astype(dtype),
-                        preferred_element_type=jnp.float32)
+                        self.cfg.weight_grad_impl, preferred_element_type=jnp.float32)

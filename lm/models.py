@@ -27,6 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from lm.attention import ATTENTION_IMPLS, make_attention_mask
+from lm.weight_grads import WEIGHT_GRAD_IMPLS
 from lm.config import ConfigError, ModelConfig
 from lm.layers import NORMS, VALID_DTYPES, Einsum, Embed, fan_in_init, make_norm
 from lm.transformer import REMAT_POLICIES, TransformerStack, default_positions, embed_tokens
@@ -178,6 +179,7 @@ def validate_model_config(cfg: Any) -> None:
   _choice("mlp_activation", cfg.mlp_activation, MLP_ACTIVATIONS)
   _choice("remat_policy", cfg.remat_policy, REMAT_POLICIES)
   _choice("attention_impl", cfg.attention_impl, ATTENTION_IMPLS)
+  _choice("weight_grad_impl", cfg.weight_grad_impl, WEIGHT_GRAD_IMPLS)
   if cfg.scan_unroll < 1:
     raise ConfigError(f"model.scan_unroll={cfg.scan_unroll} must be >= 1 (layers per scan iteration).")
   _choice("dtype", cfg.dtype, VALID_DTYPES)

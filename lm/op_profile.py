@@ -7,6 +7,13 @@ HLO for the source op (`op_name` metadata: which layer and einsum it came from)
 and, for matmuls, the FLOPs, so a row says e.g. "backward of mlp/wi, 4096x1024
 @ 1024x256, 9.3 ms, 231 GFLOP/s". `experiments/benchmark.py --op_profile=N`
 prints the table.
+
+Some XLA:CPU ops are asynchronous: an Eigen matmul (e.g. a weight gradient whose
+operands are both transposed, which YNNPACK does not take) records a 0.05 ms
+launch event, runs on the thread pool while later ops start, and marks its
+completion with an "end: NAME" event. Such an op's time is launch to completion
+(`async_op`): wall time that overlaps the ops running beside it, which in turn
+run slower for sharing the cores.
 """
 from __future__ import annotations
 
@@ -18,7 +25,8 @@ import os
 import re
 
 # Trace events that are bookkeeping, not ops.
-_SKIP_PREFIXES = ("ThunkExecutor", "SlinkyThreadPool", "ThreadpoolListener", "end:", "$")
+_SKIP_PREFIXES = ("ThunkExecutor", "SlinkyThreadPool", "ThreadpoolListener", "$")
+_END = "end: "  # completion marker of an asynchronous op
 
 
 @dataclasses.dataclass
@@ -28,6 +36,7 @@ class OpRow:
   calls_per_step: float
   source: str  # op_name metadata, shortened: "FWD/decoder/layers_0/.../mlp/wi/..." or "BWD/..."
   gflop: float  # matmul FLOPs per step in this op (0 for non-matmuls)
+  async_op: bool = False  # launched asynchronously: time is launch -> completion, overlapping other ops
 
   @property
   def gflops_per_s(self) -> float:
@@ -94,23 +103,32 @@ def op_table(trace_dir: str, hlo_text: str, steps: int) -> list[OpRow]:
   if not files:
     raise FileNotFoundError(f"no *.xplane.pb trace under {trace_dir}")
   data = jax.profiler.ProfileData.from_file(max(files, key=os.path.getmtime))
-  total_ns, calls = collections.defaultdict(float), collections.Counter()
+  starts, ends = collections.defaultdict(list), collections.defaultdict(list)
   for plane in data.planes:
     device_plane = plane.name.startswith("/device:")
     for line in plane.lines:
-      if not (device_plane or line.name.startswith("tf_XLAEigen")):
+      # XLA:CPU runs ops on its Eigen pool and, inline, on the client thread that launched the step
+      if not (device_plane or line.name.startswith(("tf_XLAEigen", "tf_XLAPjRtCpuClient"))):
         continue
       for ev in line.events:
-        if ev.name.startswith(_SKIP_PREFIXES):
-          continue
-        total_ns[ev.name] += ev.duration_ns
-        calls[ev.name] += 1
+        if ev.name.startswith(_END):
+          ends[ev.name[len(_END):]].append(ev.start_ns)
+        elif not ev.name.startswith(_SKIP_PREFIXES):
+          starts[ev.name].append((ev.start_ns, ev.duration_ns))
   inst, comps = _instructions(hlo_text)
   rows = []
-  for name, ns in total_ns.items():
+  for name, evs in starts.items():
+    evs.sort()
+    done = sorted(ends.get(name, ()))
+    calls = len(evs) / steps
     source, gflop = _describe(name, inst, comps)
-    rows.append(OpRow(name, ns / 1e6 / steps, calls[name] / steps, source,
-                      gflop * calls[name] / steps))
+    # A plain (unfused) dot runs on Eigen asynchronously: time it launch -> completion.
+    async_op = " dot(" in inst.get(name, "") and len(done) == len(evs)
+    if async_op:
+      ns = sum(max(e - s, d) for (s, d), e in zip(evs, done))
+    else:
+      ns = sum(d for _, d in evs)
+    rows.append(OpRow(name, ns / 1e6 / steps, calls, source, gflop * calls, async_op))
   return sorted(rows, key=lambda r: -r.ms_per_step)
 
 
@@ -125,5 +143,9 @@ def summarize(rows: list[OpRow], top: int) -> str:
          f"{'ms/step':>8}  {'GFLOP/s':>7}  {'op':<28}  source"]
   for r in rows[:top]:
     rate = f"{r.gflops_per_s:7.0f}" if r.gflop else " " * 7
-    out.append(f"{r.ms_per_step:8.2f}  {rate}  {r.name[:28]:<28}  {r.source[:110]}")
+    name = (r.name[:26] + " *") if r.async_op else r.name[:28]
+    out.append(f"{r.ms_per_step:8.2f}  {rate}  {name:<28}  {r.source[:110]}")
+  if any(r.async_op for r in rows[:top]):
+    out.append("* asynchronous (Eigen matmul): launch to completion, overlapping the ops that ran "
+               "beside it (which share the cores and look slower for it)")
   return "\n".join(out)

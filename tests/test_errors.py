@@ -39,8 +39,9 @@ def _snapshot(d):
     ({"data.dataset": "text", "data.text_glob": "/nonexistent/*.txt"}, 1, ["data.text_glob"]),
     ({"model.attention_impl": "flash"}, 1, ["model.attention_impl", "cudnn"]),
     ({"model.attention_impl": "cudnn"}, 1, ["model.attention_impl", "GPU", "'auto'"]),
+    ({"model.weight_grad_impl": "fast"}, 1, ["model.weight_grad_impl", "transposed"]),
 ], ids=["heads_vs_d_model", "heads_vs_kv_heads", "mesh_product", "batch_vs_dp", "seq_len", "missing_dataset",
-        "empty_glob", "attention_impl_name", "cudnn_without_gpu"])
+        "empty_glob", "attention_impl_name", "cudnn_without_gpu", "weight_grad_impl_name"])
 def test_config_errors(tmp_path, data_dir, overrides, devices, expected):
   wd = tmp_path / "run"
   with pytest.raises(ConfigError) as e:

@@ -1,0 +1,102 @@
+"""Kernel gradients of token einsums as plain row-major GEMMs (XLA:CPU's fast path).
+
+The kernel gradient of y[t, o] = x[t, i] @ w[i, o] contracts the token dim t, the
+leading (major) dim of both x and dy: a transposed-A GEMM. XLA:CPU hands plain and
+transposed-B GEMMs to YNNPACK but runs transposed-A ones on Eigen, asynchronously,
+at 55-75% of the speed (ref_tiny shapes, alone: x^T @ dy for 4096x256 by 4096x1024
+at 335 vs 420 GFLOP/s; the tied head's 4096x4096 by 4096x256 at 250 vs 440), and
+in a train step those Eigen GEMMs share the cores with the YNNPACK ones launched
+beside them.
+
+"transposed" copies the smaller of x and dy to its transpose first (a few MB) and
+runs a plain GEMM. Optimization barriers keep XLA from folding the copies (and the
+transpose of a dy^T @ x result) back into the dot's dimension numbers, which would
+bring back the transposed-A form. ref_tiny's step went ~460 -> ~430 ms
+(experiments/BENCHMARKS.md). On GPUs and TPUs every GEMM form is fast and the
+copies would only cost bandwidth, so "auto" uses it on CPU only.
+"""
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+
+WEIGHT_GRAD_IMPLS = ("auto", "xla", "transposed")
+
+
+def weight_grad_backend(impl: str) -> str:
+  """The kernel-gradient path of cfg.weight_grad_impl here: "auto" is "transposed" on CPU."""
+  if impl != "auto":
+    return impl
+  return "transposed" if jax.default_backend() == "cpu" else "xla"
+
+
+def kernel_grad_plan(spec: str) -> tuple[str, str, str] | None:
+  """(x feature dims, y feature dims, kernel dims) if the kernel gradient is one GEMM, else None.
+
+  `spec` is "t<x dims>,<kernel dims>->t<y dims>" with one leading token dim t: the
+  gradient is a GEMM when the kernel's dims are exactly x's feature dims (all
+  contracted) and y's feature dims, with none shared between x and y.
+  """
+  lhs, rest = spec.split(",")
+  kspec, out = rest.split("->")
+  t, xs, ys = lhs[0], lhs[1:], out[1:]
+  if out[0] != t or t in kspec or set(xs) & set(ys) or len(set(kspec)) != len(kspec):
+    return None
+  if sorted(kspec) != sorted(xs + ys):
+    return None
+  return xs, ys, kspec
+
+
+def _transposed_copy(a: jax.Array) -> jax.Array:
+  """a.T as a real copy: the inner barrier keeps a's producer out of the transposing loop,
+  the outer one keeps the copy from being folded into the consuming dot."""
+  return jax.lax.optimization_barrier(jax.lax.optimization_barrier(a).T)
+
+
+def _row_major_kernel_grad(spec: str, x: jax.Array, g: jax.Array, kernel_dtype) -> jax.Array:
+  xs, ys, kspec = kernel_grad_plan(spec)
+  n = x.shape[0]
+  x2, g2 = x.reshape(n, -1), g.reshape(n, -1).astype(x.dtype)
+  if g2.shape[1] < x2.shape[1]:  # dk^T = dy^T @ x, copying the smaller dy
+    dk = jax.lax.optimization_barrier(
+        jnp.dot(_transposed_copy(g2), x2, preferred_element_type=jnp.float32)).T
+  else:  # dk = x^T @ dy
+    dk = jax.lax.optimization_barrier(
+        jnp.dot(_transposed_copy(x2), g2, preferred_element_type=jnp.float32))
+  dk = dk.reshape(x.shape[1:] + g.shape[1:])
+  return jnp.einsum(f"{xs}{ys}->{kspec}", dk).astype(kernel_dtype)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 3))
+def _einsum_row_major_grads(spec, x, kernel, preferred_element_type):
+  return jnp.einsum(spec, x, kernel, preferred_element_type=preferred_element_type)
+
+
+def _fwd(spec, x, kernel, preferred_element_type):
+  return _einsum_row_major_grads(spec, x, kernel, preferred_element_type), (x, kernel)
+
+
+def _bwd(spec, preferred_element_type, residuals, g):
+  x, kernel = residuals
+  _, input_vjp = jax.vjp(
+      lambda x_: jnp.einsum(spec, x_, kernel, preferred_element_type=preferred_element_type), x)
+  (dx,) = input_vjp(g)  # dy @ w^T: a transposed-B GEMM, already on the fast path
+  return dx, _row_major_kernel_grad(spec, x, g, kernel.dtype)
+
+
+_einsum_row_major_grads.defvjp(_fwd, _bwd)
+
+
+def token_matmul(spec: str, x: jax.Array, kernel: jax.Array, impl: str = "auto",
+                 preferred_element_type=None) -> jax.Array:
+  """einsum(spec, x, kernel) over [T, ...] tokens, its kernel gradient computed per `impl`.
+
+  "xla" leaves the gradient to autodiff; "transposed" computes it as a plain GEMM on
+  a copied transpose (module doc). Specs whose kernel gradient is not one GEMM
+  always use autodiff.
+  """
+  if weight_grad_backend(impl) == "xla" or kernel_grad_plan(spec) is None:
+    return jnp.einsum(spec, x, kernel, preferred_element_type=preferred_element_type)
+  return _einsum_row_major_grads(spec, x, kernel, preferred_element_type)
