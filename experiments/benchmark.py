@@ -57,7 +57,7 @@ def measure_peak(devices, override: float, n: int) -> tuple[float, str]:
 
 
 def profile_ops(compiled, state, batch, top: int):
-  """Trace 3 steps; (state, per-op rows as dicts, printable summary)."""
+  """Trace 3 steps; (state, per-op rows as dicts, traced ms per step, printable summary)."""
   import tempfile
 
   import jax
@@ -67,11 +67,14 @@ def profile_ops(compiled, state, batch, top: int):
   steps = 3
   with tempfile.TemporaryDirectory() as trace_dir:
     with jax.profiler.trace(trace_dir):
+      t = time.perf_counter()
       for _ in range(steps):
         state, _ = compiled(state, batch)
       jax.block_until_ready(state)
+      step_ms = (time.perf_counter() - t) * 1e3 / steps
     rows = op_profile.op_table(trace_dir, compiled.as_text(), steps)
-  return state, [dataclasses.asdict(r) for r in rows[:top]], op_profile.summarize(rows, top)
+  summary = op_profile.summarize(rows, top) + f"\ntraced step: {step_ms:.1f} ms (untraced steps are faster)"
+  return state, [dataclasses.asdict(r) for r in rows[:top]], step_ms, summary
 
 
 def benchmark_train_step(cfg, steps: int, warmup: int, compile_only: bool = False,
@@ -122,7 +125,7 @@ def benchmark_train_step(cfg, steps: int, warmup: int, compile_only: bool = Fals
       times.append(time.perf_counter() - t)
     ops, ops_text = [], ""
     if op_profile_top:
-      state, ops, ops_text = profile_ops(compiled, state, batch, op_profile_top)
+      state, ops, traced_ms, ops_text = profile_ops(compiled, state, batch, op_profile_top)
   step_s = statistics.median(times)
   tokens, flops = step_cost(model_cfg, {k: v.shape for k, v in host_batch.items()})
   flops_tok = flops / tokens
@@ -137,7 +140,8 @@ def benchmark_train_step(cfg, steps: int, warmup: int, compile_only: bool = Fals
       "devices": len(devices),
       "platform": devices[0].platform,
       "device_kind": devices[0].device_kind,
-      **({"op_profile": ops, "op_profile_text": ops_text} if op_profile_top else {}),
+      **({"op_profile": ops, "op_profile_traced_step_ms": traced_ms, "op_profile_text": ops_text}
+         if op_profile_top else {}),
   }
 
 

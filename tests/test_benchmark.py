@@ -45,7 +45,11 @@ def test_benchmark_op_profile_names_the_matmuls(tmp_path):
   rows = r["op_profile"]
   assert 0 < len(rows) <= 500
   assert [row["ms_per_step"] for row in rows] == sorted((row["ms_per_step"] for row in rows), reverse=True)
-  assert sum(row["ms_per_step"] for row in rows) <= r["step_time_s"] * 1e3 * 2  # 2 threads at most
+  # Synchronous ops run on XLA:CPU's 2 pool threads or the launching thread, one at a time each;
+  # an asynchronous op (launch -> completion) lies within one traced step.
+  traced_ms = r["op_profile_traced_step_ms"]
+  assert sum(row["ms_per_step"] for row in rows if not row["async_op"]) <= 3 * traced_ms
+  assert all(row["ms_per_step"] <= traced_ms for row in rows if row["async_op"])
   matmuls = [row for row in rows if row["gflop"] > 0]
   assert matmuls, rows
   # every matmul comes from a named einsum of the model, forward or backward
