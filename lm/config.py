@@ -40,7 +40,9 @@ class ModelConfig:
   dropout_rate: float = 0.0
   tie_embeddings: bool = True
   scan_layers: bool = True
-  scan_unroll: int = 1  # layers per scan iteration (scan_layers); more lets XLA fuse across layers
+  # Layers per scan iteration (scan_layers); more lets XLA fuse across layers. 0 = auto: the
+  # whole stack up to 8 layers, else 1 (lm/transformer.py scan_unroll_for)
+  scan_unroll: int = 0
   # "auto": cuDNN flash attention on GPUs in bf16/fp16, the XLA path elsewhere | "xla" | "cudnn"
   attention_impl: str = "auto"
   # Kernel gradients of dense layers and tied logits: "auto" (on CPU a plain GEMM on a copied

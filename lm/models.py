@@ -180,8 +180,9 @@ def validate_model_config(cfg: Any) -> None:
   _choice("remat_policy", cfg.remat_policy, REMAT_POLICIES)
   _choice("attention_impl", cfg.attention_impl, ATTENTION_IMPLS)
   _choice("weight_grad_impl", cfg.weight_grad_impl, WEIGHT_GRAD_IMPLS)
-  if cfg.scan_unroll < 1:
-    raise ConfigError(f"model.scan_unroll={cfg.scan_unroll} must be >= 1 (layers per scan iteration).")
+  if not isinstance(cfg.scan_unroll, int) or cfg.scan_unroll < 0:
+    raise ConfigError(f"model.scan_unroll={cfg.scan_unroll!r} must be an integer >= 0 "
+                      "(layers per scan iteration; 0 = auto).")
   _choice("dtype", cfg.dtype, VALID_DTYPES)
   _choice("param_dtype", cfg.param_dtype, VALID_DTYPES)
 

@@ -40,8 +40,10 @@ def _snapshot(d):
     ({"model.attention_impl": "flash"}, 1, ["model.attention_impl", "cudnn"]),
     ({"model.attention_impl": "cudnn"}, 1, ["model.attention_impl", "GPU", "'auto'"]),
     ({"model.weight_grad_impl": "fast"}, 1, ["model.weight_grad_impl", "transposed"]),
+    ({"model.scan_unroll": -1}, 1, ["model.scan_unroll", "0 = auto"]),
 ], ids=["heads_vs_d_model", "heads_vs_kv_heads", "mesh_product", "batch_vs_dp", "seq_len", "missing_dataset",
-        "empty_glob", "attention_impl_name", "cudnn_without_gpu", "weight_grad_impl_name"])
+        "empty_glob", "attention_impl_name", "cudnn_without_gpu", "weight_grad_impl_name",
+        "scan_unroll_negative"])
 def test_config_errors(tmp_path, data_dir, overrides, devices, expected):
   wd = tmp_path / "run"
   with pytest.raises(ConfigError) as e:

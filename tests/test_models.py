@@ -97,10 +97,20 @@ def test_scanned_and_unrolled_agree_both_ways():
                              apply(scanned_cfg, scanned, toks), **TOL)
   back = unstack_layer_params(scanned, unrolled_cfg.num_layers)
   jax.tree_util.tree_map(np.testing.assert_array_equal, back, unrolled)
-  # Unrolling the scan (2 layers per iteration) is the same model with the same params.
-  unrolled_scan = dataclasses.replace(scanned_cfg, scan_unroll=2)
-  assert shapes(init(unrolled_scan)) == shapes(scanned)
-  np.testing.assert_allclose(apply(unrolled_scan, scanned, toks), apply(scanned_cfg, scanned, toks), **TOL)
+  # Any number of layers per scan iteration (default: auto, the whole stack here) is the same
+  # model with the same params.
+  for unroll in (1, 2):
+    unrolled_scan = dataclasses.replace(scanned_cfg, scan_unroll=unroll)
+    assert shapes(init(unrolled_scan)) == shapes(scanned)
+    np.testing.assert_allclose(apply(unrolled_scan, scanned, toks), apply(scanned_cfg, scanned, toks), **TOL)
+
+
+def test_scan_unroll_auto_unrolls_shallow_stacks_only():
+  from lm.transformer import AUTO_UNROLL_MAX_LAYERS, scan_unroll_for
+
+  assert scan_unroll_for(0, 4) == 4 and scan_unroll_for(0, AUTO_UNROLL_MAX_LAYERS) == AUTO_UNROLL_MAX_LAYERS
+  assert scan_unroll_for(0, AUTO_UNROLL_MAX_LAYERS + 1) == 1 and scan_unroll_for(0, 24) == 1
+  assert scan_unroll_for(3, 24) == 3 and scan_unroll_for(8, 2) == 2  # explicit values kept, capped
 
 
 def test_layout_conversion_keeps_logical_names():
