@@ -8,8 +8,8 @@ and, for matmuls, the FLOPs, so a row says e.g. "backward of mlp/wi, 4096x1024
 @ 1024x256, 9.3 ms, 231 GFLOP/s". `experiments/benchmark.py --op_profile=N`
 prints the table.
 
-Some XLA:CPU ops are asynchronous: an Eigen matmul (e.g. a weight gradient whose
-operands are both transposed, which YNNPACK does not take) records a 0.05 ms
+Some XLA:CPU ops are asynchronous: an Eigen matmul (e.g. a weight gradient that
+contracts the leading dim of both operands, which YNNPACK does not take) records a 0.05 ms
 launch event, runs on the thread pool while later ops start, and marks its
 completion with an "end: NAME" event. Such an op's time is launch to completion
 (`async_op`): wall time that overlaps the ops running beside it, which in turn
