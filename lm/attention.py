@@ -23,6 +23,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from lm.blocked_attention import blocked_attention
 from lm.config import ModelConfig
 from lm.layers import BLD, Einsum, compute_dtype, fan_in_init, out_proj_scale, param_dtype
 
@@ -126,7 +127,7 @@ def dot_product_attention(q_BLHK: jax.Array, k_BSGK: jax.Array, v_BSGK: jax.Arra
   return out_BLHK.astype(q_BLHK.dtype)
 
 
-ATTENTION_IMPLS = ("auto", "xla", "cudnn")
+ATTENTION_IMPLS = ("auto", "xla", "cudnn", "blocked")
 
 
 def library_attention(q_BLHK: jax.Array, k_BSGK: jax.Array, v_BSGK: jax.Array,
@@ -146,12 +147,15 @@ def library_attention(q_BLHK: jax.Array, k_BSGK: jax.Array, v_BSGK: jax.Array,
 
 def attention_backend(impl: str, dtype) -> str:
   """The attention path of cfg.attention_impl on this backend: "xla" (dot_product_attention
-  above) or "cudnn". "auto" takes cuDNN on GPUs for 16-bit compute, where its flash kernel
-  applies; float32 and CPUs/TPUs use the XLA path."""
+  above), "cudnn" or "blocked" (lm/blocked_attention.py). "auto" takes cuDNN on GPUs for
+  16-bit compute, where its flash kernel applies, "blocked" on CPUs (measured faster
+  there, BENCHMARKS.md), and the XLA path on TPUs and for float32 on GPUs."""
   if impl != "auto":
     return impl
-  gpu = jax.default_backend() == "gpu"
-  return "cudnn" if gpu and jnp.dtype(dtype) in (jnp.bfloat16, jnp.float16) else "xla"
+  backend = jax.default_backend()
+  if backend == "cpu":
+    return "blocked"
+  return "cudnn" if backend == "gpu" and jnp.dtype(dtype) in (jnp.bfloat16, jnp.float16) else "xla"
 
 
 # ---------------------------------------------------------------- positions
@@ -258,6 +262,7 @@ class MultiHeadAttention(nn.Module):
   """
   cfg: ModelConfig
   rope: bool = True
+  causal: bool = False  # self-attention under a causal mask (TransformerStack.causal)
 
   @nn.compact
   def __call__(self, x_BLD: jax.Array, positions_BL: jax.Array,
@@ -288,9 +293,18 @@ class MultiHeadAttention(nn.Module):
       k_BSGK = nn.with_logical_constraint(k_BSGK, BSGK)
       v_BSGK = nn.with_logical_constraint(v_BSGK, BSGK)
 
-    if attention_backend(cfg.attention_impl, q_BLHK.dtype) == "cudnn":
+    backend = attention_backend(cfg.attention_impl, q_BLHK.dtype)
+    if backend == "blocked" and (bias_BHLS is not None or cache_kv is not None):
+      # The blocked path has no learned bias (T5); with a cache it would copy the whole
+      # cache to [B, G, T, K] for every new token.
+      backend = "xla"
+    if backend == "cudnn":
       out_BLHK = library_attention(q_BLHK, k_BSGK, v_BSGK, mask_B1LS, bias_BHLS,
                                    cfg.scale_attention, "cudnn")
+    elif backend == "blocked":
+      out_BLHK = blocked_attention(q_BLHK, k_BSGK, v_BSGK, mask_B1LS, cfg.scale_attention,
+                                   causal=self.causal and kv_BSD is x_BLD,
+                                   block=cfg.attention_block_size)
     else:
       out_BLHK = dot_product_attention(q_BLHK, k_BSGK, v_BSGK, mask_B1LS, bias_BHLS,
                                        scale=cfg.scale_attention)

@@ -43,8 +43,12 @@ class ModelConfig:
   # Layers per scan iteration (scan_layers); more lets XLA fuse across layers. 0 = auto: the
   # whole stack up to 8 layers, else 1 (lm/transformer.py scan_unroll_for)
   scan_unroll: int = 0
-  # "auto": cuDNN flash attention on GPUs in bf16/fp16, the XLA path elsewhere | "xla" | "cudnn"
+  # "auto": cuDNN flash attention on GPUs in bf16/fp16, "blocked" on CPUs, the XLA path
+  # elsewhere | "xla" | "cudnn" | "blocked" (lm/blocked_attention.py)
   attention_impl: str = "auto"
+  # "blocked" attention: causal queries in blocks of this many, each skipping the keys after
+  # it; 0 = one block
+  attention_block_size: int = 64
   # Kernel gradients of dense layers and tied logits: "auto" (on CPU a plain GEMM on a copied
   # transpose, lm/weight_grads.py; autodiff elsewhere) | "xla" (autodiff) | "transposed"
   weight_grad_impl: str = "auto"
@@ -206,7 +210,8 @@ RESUMABLE_FIELDS = frozenset({
     "train.num_steps", "train.log_every", "train.eval_every", "train.eval_batches",
     "train.checkpoint_every", "train.keep_checkpoints",
     "mesh.data", "mesh.fsdp", "mesh.tensor", "data.data_dir",
-    "model.scan_layers", "model.scan_unroll", "model.attention_impl", "model.weight_grad_impl",
+    "model.scan_layers", "model.scan_unroll", "model.attention_impl", "model.attention_block_size",
+    "model.weight_grad_impl",
     "model.remat_policy", "train.log_layer_norms",
     "train.peak_flops_per_device", "train.reuse_host_memory",
 })

@@ -54,7 +54,7 @@ class EncoderDecoderLM(nn.Module):
       self.embed_norm = NORMS[cfg.norm](cfg)
     self.encoder = TransformerStack(cfg, bidirectional_bias=True)
     self.decoder = TransformerStack(cfg, num_layers=cfg.num_decoder_layers or cfg.num_layers,
-                                    cross_attention=True, bidirectional_bias=False)
+                                    cross_attention=True, bidirectional_bias=False, causal=True)
     if cfg.norm_placement == "pre":
       self.encoder_norm = NORMS[cfg.norm](cfg)
       self.decoder_norm = NORMS[cfg.norm](cfg)

@@ -85,7 +85,7 @@ class DecoderLM(nn.Module):
     x_BLD = embed_tokens(cfg, embed, tokens_BL, positions_BL)
     if cfg.embed_norm:
       x_BLD = make_norm(cfg, "embed_norm")(x_BLD)
-    stack = TransformerStack(cfg, name="decoder")
+    stack = TransformerStack(cfg, causal=prefix_mask_BL is None, name="decoder")
     # Bidirectional relative-position buckets (position="relative"), so the same
     # params serve causal and prefix-LM training.
     if cache is None:
@@ -183,6 +183,9 @@ def validate_model_config(cfg: Any) -> None:
   if not isinstance(cfg.scan_unroll, int) or cfg.scan_unroll < 0:
     raise ConfigError(f"model.scan_unroll={cfg.scan_unroll!r} must be an integer >= 0 "
                       "(layers per scan iteration; 0 = auto).")
+  if not isinstance(cfg.attention_block_size, int) or cfg.attention_block_size < 0:
+    raise ConfigError(f"model.attention_block_size={cfg.attention_block_size!r} must be an "
+                      "integer >= 0 (causal query block of the blocked attention; 0 = one block).")
   _choice("dtype", cfg.dtype, VALID_DTYPES)
   _choice("param_dtype", cfg.param_dtype, VALID_DTYPES)
 

@@ -39,7 +39,8 @@ from lm.workdir import check_existing_config, write_run_files
 log = logging.getLogger(__name__)
 
 # Model fields that may differ between a checkpoint and the model restoring it.
-LAYOUT_ONLY_MODEL_FIELDS = frozenset({"scan_layers", "scan_unroll", "attention_impl", "weight_grad_impl",
+LAYOUT_ONLY_MODEL_FIELDS = frozenset({"scan_layers", "scan_unroll", "attention_impl",
+                                      "attention_block_size", "weight_grad_impl",
                                       "remat_policy", "dtype"})
 
 

@@ -80,6 +80,7 @@ class Block(nn.Module):
   """
   cfg: ModelConfig
   cross_attention: bool = False
+  causal: bool = False  # the self-attention mask is causal (TransformerStack.causal)
 
   def _sublayer(self, x_BLD, norm_name: str, fn, drop, use_dropout: bool):
     pre = self.cfg.norm_placement == "pre"
@@ -101,7 +102,7 @@ class Block(nn.Module):
     new_kv = []
 
     def self_attention(h_BLD):
-      h_BLD = MultiHeadAttention(cfg, name="attention")(h_BLD, positions_BL, mask_B1LS,
+      h_BLD = MultiHeadAttention(cfg, causal=self.causal, name="attention")(h_BLD, positions_BL, mask_B1LS,
                                                         bias_BHLS=bias_BHLS, cache_kv=cache_kv,
                                                         cache_index=cache_index)
       if cache_kv is not None:
@@ -132,11 +133,15 @@ class TransformerStack(nn.Module):
 
   `bidirectional_bias` picks T5's relative-position buckets (position="relative"):
   both directions (encoders, prefix-LM decoders) or past-only (causal decoders).
+  `causal` promises that the self-attention mask hides every key after its query
+  (token index against token index) whenever no KV cache is passed, which lets
+  attention skip those key blocks (lm/blocked_attention.py); prefix-LM masks do not.
   """
   cfg: ModelConfig
   num_layers: int = 0
   cross_attention: bool = False
   bidirectional_bias: bool = True
+  causal: bool = False
 
   @nn.compact
   def __call__(self, x_BLD, positions_BL, mask_B1LS, encoded_BSD=None, cross_mask_B1LS=None,
@@ -170,10 +175,10 @@ class TransformerStack(nn.Module):
           length=num_layers,
           unroll=scan_unroll_for(cfg.scan_unroll, num_layers),
           metadata_params={nn.PARTITION_NAME: "layers"})
-      x_BLD, _ = scanned(cfg, self.cross_attention, name="layers")(x_BLD, *args)
+      x_BLD, _ = scanned(cfg, self.cross_attention, self.causal, name="layers")(x_BLD, *args)
     else:
       for i in range(num_layers):
-        x_BLD = block_cls(cfg, self.cross_attention, name=f"layers_{i}")(x_BLD, *args)
+        x_BLD = block_cls(cfg, self.cross_attention, self.causal, name=f"layers_{i}")(x_BLD, *args)
     return x_BLD
 
 

@@ -110,10 +110,12 @@ def test_library_attention_matches_naive(kind, kv_heads):
 
 
 def test_attention_backend_choice():
-  assert attention_backend("auto", jnp.float32) == "xla"
+  cpu = jax.default_backend() == "cpu"
+  assert attention_backend("auto", jnp.float32) == ("blocked" if cpu else "xla")
   if jax.default_backend() != "gpu":
-    assert attention_backend("auto", jnp.bfloat16) == "xla"
+    assert attention_backend("auto", jnp.bfloat16) == ("blocked" if cpu else "xla")
   assert attention_backend("cudnn", jnp.float32) == "cudnn"
+  assert attention_backend("xla", jnp.float32) == "xla"
 
 
 def test_gqa_equals_mha_with_repeated_kv():
