@@ -37,12 +37,20 @@ def _copy(a: jax.Array, perm) -> jax.Array:
   return _barrier(jnp.transpose(_barrier(a), perm))
 
 
+# More blocks skip more work but each adds ops to the compiled program (about 12 per
+# layer), so long sequences get longer blocks.
+MAX_QUERY_BLOCKS = 16
+
+
 def query_blocks(length: int, kv_length: int, causal: bool, block: int) -> tuple:
   """((query start, query end, key end), ...): the key prefix each query block attends.
 
   One block (all keys) unless the attention is causal self-attention whose length
-  is a multiple of `block` and longer than one block.
+  is a multiple of the block and longer than one block. The block is `block`, or
+  length / MAX_QUERY_BLOCKS if that is longer.
   """
+  if block > 0:
+    block = max(block, -(-length // MAX_QUERY_BLOCKS))
   if not causal or block <= 0 or length != kv_length or length % block or length <= block:
     return ((0, length, kv_length),)
   return tuple((i * block, (i + 1) * block, (i + 1) * block) for i in range(length // block))

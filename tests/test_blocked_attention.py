@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from lm.attention import dot_product_attention, make_attention_mask
-from lm.blocked_attention import blocked_attention, query_blocks
+from lm.blocked_attention import MAX_QUERY_BLOCKS, blocked_attention, query_blocks
 from lm.config import ModelConfig
 from lm.models import DecoderLM
 
@@ -88,6 +88,8 @@ def test_query_blocks_plan():
   assert query_blocks(64, 64, True, 64) == ((0, 64, 64),)  # a single block
   assert query_blocks(1, 128, True, 64) == ((0, 1, 128),)  # queries against a longer key set
   assert query_blocks(256, 256, True, 0) == ((0, 256, 256),)  # 0 = one block
+  long = query_blocks(2048, 2048, True, 64)  # at most MAX_QUERY_BLOCKS blocks
+  assert len(long) == MAX_QUERY_BLOCKS and long[1] == (128, 256, 256)
 
 
 def test_causal_blocks_skip_work():
