@@ -26,6 +26,7 @@ import jax.numpy as jnp
 from lm.blocked_attention import blocked_attention
 from lm.config import ModelConfig
 from lm.layers import BLD, Einsum, compute_dtype, fan_in_init, out_proj_scale, param_dtype
+from lm.rope import apply_rope, rope_frequencies, rope_tables, rotate  # noqa: F401 (re-exported)
 
 BLHK = ("batch", "length", "act_heads", "kv")
 BSGK = ("batch", "length", "act_kv_heads", "kv")
@@ -160,29 +161,6 @@ def attention_backend(impl: str, dtype) -> str:
 
 # ---------------------------------------------------------------- positions
 
-def rope_frequencies(head_dim: int, base: float) -> jax.Array:
-  """Inverse frequencies base^(-2i/K), i < K/2, float32."""
-  return base ** (-jnp.arange(0, head_dim, 2, dtype=jnp.float32) / head_dim)
-
-
-def apply_rope(x_BLHK: jax.Array, positions_BL: jax.Array, base: float = 10000.0) -> jax.Array:
-  """Rotary embedding, rotate-half convention: pairs are (x[i], x[i + K/2]).
-
-  Positions are per token, so packed documents that restart at 0 are encoded
-  exactly as if they were alone. Computed in float32, returned in x's dtype.
-  """
-  k = x_BLHK.shape[-1]
-  if k % 2:
-    raise ValueError(f"RoPE needs an even head dim, got {k}")
-  angles_BLF = positions_BL.astype(jnp.float32)[..., None] * rope_frequencies(k, base)
-  cos_BL1K = jnp.cos(jnp.concatenate([angles_BLF, angles_BLF], -1))[:, :, None, :]
-  sin_BL1K = jnp.sin(jnp.concatenate([angles_BLF, angles_BLF], -1))[:, :, None, :]
-  x = x_BLHK.astype(jnp.float32)
-  x1, x2 = jnp.split(x, 2, axis=-1)
-  rotated = jnp.concatenate([-x2, x1], axis=-1)
-  return (x * cos_BL1K + rotated * sin_BL1K).astype(x_BLHK.dtype)
-
-
 def sinusoidal_embedding(positions_BL: jax.Array, d_model: int,
                          max_timescale: float = 10000.0) -> jax.Array:
   """Fixed encoding [B, L, D] = [sin(p * w_i) | cos(p * w_i)], w_i = max_timescale^(-2i/D)."""
@@ -280,9 +258,17 @@ class MultiHeadAttention(nn.Module):
                     bias_dims=2, name="key")(kv_BSD)
     v_BSGK = Einsum((d, g, k), ("embed", "kv_heads", "kv"), "bsd,dgk->bsgk", in_init, cfg,
                     bias_dims=2, name="value")(kv_BSD)
+    backend = attention_backend(cfg.attention_impl, q_BLHK.dtype)
+    if backend == "blocked" and (bias_BHLS is not None or cache_kv is not None):
+      # The blocked path has no learned bias (T5); with a cache it would copy the whole
+      # cache to [B, G, T, K] for every new token.
+      backend = "xla"
+    rope = None
     if cfg.position == "rope" and self.rope:
-      q_BLHK = apply_rope(q_BLHK, positions_BL, cfg.rope_base)
-      k_BSGK = apply_rope(k_BSGK, positions_BL, cfg.rope_base)
+      rope = rope_tables(positions_BL, k, cfg.rope_base)
+      if backend != "blocked":  # the blocked path rotates inside its layout copies
+        q_BLHK = rotate(q_BLHK, *rope)
+        k_BSGK = rotate(k_BSGK, *rope)
     q_BLHK = nn.with_logical_constraint(q_BLHK, BLHK)
     k_BSGK = nn.with_logical_constraint(k_BSGK, BSGK)
     v_BSGK = nn.with_logical_constraint(v_BSGK, BSGK)
@@ -293,18 +279,13 @@ class MultiHeadAttention(nn.Module):
       k_BSGK = nn.with_logical_constraint(k_BSGK, BSGK)
       v_BSGK = nn.with_logical_constraint(v_BSGK, BSGK)
 
-    backend = attention_backend(cfg.attention_impl, q_BLHK.dtype)
-    if backend == "blocked" and (bias_BHLS is not None or cache_kv is not None):
-      # The blocked path has no learned bias (T5); with a cache it would copy the whole
-      # cache to [B, G, T, K] for every new token.
-      backend = "xla"
     if backend == "cudnn":
       out_BLHK = library_attention(q_BLHK, k_BSGK, v_BSGK, mask_B1LS, bias_BHLS,
                                    cfg.scale_attention, "cudnn")
     elif backend == "blocked":
       out_BLHK = blocked_attention(q_BLHK, k_BSGK, v_BSGK, mask_B1LS, cfg.scale_attention,
                                    causal=self.causal and kv_BSD is x_BLD,
-                                   block=cfg.attention_block_size)
+                                   block=cfg.attention_block_size, rope=rope)
     else:
       out_BLHK = dot_product_attention(q_BLHK, k_BSGK, v_BSGK, mask_B1LS, bias_BHLS,
                                        scale=cfg.scale_attention)

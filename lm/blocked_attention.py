@@ -28,13 +28,9 @@ from typing import Optional
 import jax
 import jax.numpy as jnp
 
+from lm.rope import rotate
+
 _barrier = jax.lax.optimization_barrier
-
-
-def _copy(a: jax.Array, perm) -> jax.Array:
-  """transpose(a, perm) as a real copy: barriers keep XLA from folding it into the
-  neighbouring dots, which would bring back the transposed operand layouts."""
-  return _barrier(jnp.transpose(_barrier(a), perm))
 
 
 # More blocks skip more work but each adds ops to the compiled program (about 12 per
@@ -61,16 +57,36 @@ def _softmax(logits):
   return e * (1.0 / jnp.sum(e, axis=-1, keepdims=True))
 
 
-def _forward(q_BLHK, k_BSGK, v_BSGK, bias_B1LS, scale, blocks):
-  b, l, h, k = q_BLHK.shape
+def _heads_copy(x_BLNK, rope, start, end, g, perm, scale=None):
+  """Rows [start, end) of x, rotated by `rope` (cos, sin tables or None) and scaled, as
+  a real copy in [B, G, ...] layout (perm of [B, L', G, R, K]). One fusion reads x."""
+  x = x_BLNK[:, start:end]
+  if rope is not None:
+    x = rotate(x, rope[0][:, start:end], rope[1][:, start:end])
+  if scale is not None:
+    x = x * jnp.asarray(scale, x.dtype)
+  b, l, n, k = x.shape
+  return _barrier(jnp.transpose(x.reshape(b, l, g, n // g, k), perm))
+
+
+_GRLK = (0, 2, 3, 1, 4)  # [B, L, G, R, K] -> [B, G, R, L, K]
+_GKRL = (0, 2, 4, 3, 1)  # [B, L, G, R, K] -> [B, G, K, R, L]
+
+
+def _forward(q_BLHK, k_BSGK, v_BSGK, bias_B1LS, rope, scale, blocks):
   g = k_BSGK.shape[2]
-  # [B, G, R, L, K]: query head h = g * R + r, so each kv head's queries form one GEMM operand.
-  qt = _copy((q_BLHK * jnp.asarray(scale, q_BLHK.dtype)).reshape(b, l, g, h // g, k), (0, 2, 3, 1, 4))
-  kt = _copy(k_BSGK, (0, 2, 1, 3))  # [B, G, S, K]
-  vt = _copy(v_BSGK, (0, 2, 1, 3))
-  probs, outs = [], []
+  s = k_BSGK.shape[1]
+  # Keys and values [B, G, S, K] (R = 1), and each block's key prefix copied from them.
+  kt = _heads_copy(k_BSGK, rope, 0, s, g, _GRLK)[:, :, 0]
+  vt = _heads_copy(v_BSGK, None, 0, s, g, _GRLK)[:, :, 0]
+  qbs, qbs_t, probs, outs = [], [], [], []
   for start, end, kv_end in blocks:
-    logits = jnp.einsum("bgrlk,bgsk->bgrls", qt[:, :, :, start:end], kt[:, :, :kv_end],
+    # The block's queries [B, G, R, l, K] (query head h = g * R + r), and their transpose
+    # [B, G, K, R, l] for the backward's dk^T = q^T dS, both copied from q here.
+    qb = _heads_copy(q_BLHK, rope, start, end, g, _GRLK, scale)
+    qbs.append(qb)
+    qbs_t.append(_heads_copy(q_BLHK, rope, start, end, g, _GKRL, scale))
+    logits = jnp.einsum("bgrlk,bgsk->bgrls", qb, kt[:, :, :kv_end],
                         preferred_element_type=jnp.float32)
     if bias_B1LS is not None:
       logits = logits + bias_B1LS[:, :, None, start:end, :kv_end]
@@ -78,47 +94,51 @@ def _forward(q_BLHK, k_BSGK, v_BSGK, bias_B1LS, scale, blocks):
     probs.append(p)
     outs.append(jnp.einsum("bgrls,bgsk->bgrlk", p, vt[:, :, :kv_end]))
   ot = outs[0] if len(outs) == 1 else jnp.concatenate(outs, axis=3)  # [B, G, R, L, K]
-  out_BLHK = jnp.transpose(ot, (0, 3, 1, 2, 4)).reshape(b, l, h, k)
-  return out_BLHK, (qt, kt, vt, bias_B1LS, tuple(probs), ot)
+  b, _, r, l, k = ot.shape
+  out_BLHK = jnp.transpose(ot, (0, 3, 1, 2, 4)).reshape(b, l, g * r, k)
+  return out_BLHK, (tuple(qbs_t), kt, vt, bias_B1LS, rope, tuple(probs), tuple(outs))
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5))
-def _attention(q_BLHK, k_BSGK, v_BSGK, bias_B1LS, scale, blocks):
-  return _forward(q_BLHK, k_BSGK, v_BSGK, bias_B1LS, scale, blocks)[0]
+@functools.partial(jax.custom_vjp, nondiff_argnums=(5, 6))
+def _attention(q_BLHK, k_BSGK, v_BSGK, bias_B1LS, rope, scale, blocks):
+  return _forward(q_BLHK, k_BSGK, v_BSGK, bias_B1LS, rope, scale, blocks)[0]
 
 
-def _attention_fwd(q_BLHK, k_BSGK, v_BSGK, bias_B1LS, scale, blocks):
-  return _forward(q_BLHK, k_BSGK, v_BSGK, bias_B1LS, scale, blocks)
+def _attention_fwd(q_BLHK, k_BSGK, v_BSGK, bias_B1LS, rope, scale, blocks):
+  return _forward(q_BLHK, k_BSGK, v_BSGK, bias_B1LS, rope, scale, blocks)
 
 
 def _attention_bwd(scale, blocks, residuals, dout_BLHK):
-  qt, kt, vt, bias_B1LS, probs, ot = residuals
-  b, g, r, l, k = qt.shape
-  s = kt.shape[2]
-  dot = _copy(dout_BLHK.reshape(b, l, g, r, k), (0, 2, 3, 1, 4))  # [B, G, R, L, K]
-  # rowsum(dP * P) = rowsum(dO * O): one pass over [.., L, K] instead of [.., L, S].
-  rowsum = jnp.sum(dot.astype(jnp.float32) * ot.astype(jnp.float32), axis=-1, keepdims=True)
-  q_t = _copy(qt, (0, 1, 4, 2, 3))  # [B, G, K, R, L]
-  dout_t = _copy(dot, (0, 1, 4, 2, 3))
+  qbs_t, kt, vt, bias_B1LS, rope, probs, outs = residuals
+  b, g, s, k = kt.shape
   dqs, dk_t, dv_t = [], 0.0, 0.0
-  for (start, end, kv_end), p in zip(blocks, probs):
-    dp = jnp.einsum("bgrlk,bgsk->bgrls", dot[:, :, :, start:end], vt[:, :, :kv_end],
+  for (start, end, kv_end), q_t, p, ob in zip(blocks, qbs_t, probs, outs):
+    dob = _heads_copy(dout_BLHK, None, start, end, g, _GRLK)  # [B, G, R, l, K]
+    dob_t = _heads_copy(dout_BLHK, None, start, end, g, _GKRL)  # [B, G, K, R, l]
+    # rowsum(dP * P) = rowsum(dO * O): one pass over [.., l, K] instead of [.., l, S].
+    rowsum = jnp.sum(dob.astype(jnp.float32) * ob.astype(jnp.float32), axis=-1, keepdims=True)
+    dp = jnp.einsum("bgrlk,bgsk->bgrls", dob, vt[:, :, :kv_end],
                     preferred_element_type=jnp.float32)
-    ds = (p.astype(jnp.float32) * (dp - rowsum[:, :, :, start:end])).astype(qt.dtype)
+    ds = (p.astype(jnp.float32) * (dp - rowsum)).astype(kt.dtype)
     dqs.append(jnp.einsum("bgrls,bgsk->bgrlk", ds, kt[:, :, :kv_end]))
     pad = ((0, 0),) * 3 + ((0, s - kv_end),)
     # dk^T and dv^T [B, G, K, S]: plain GEMMs on the copied transposes of q and dO.
-    dk_t = dk_t + jnp.pad(jnp.einsum("bgkrl,bgrls->bgks", q_t[..., start:end], ds,
+    dk_t = dk_t + jnp.pad(jnp.einsum("bgkrl,bgrls->bgks", q_t, ds,
                                      preferred_element_type=jnp.float32), pad)
-    dv_t = dv_t + jnp.pad(jnp.einsum("bgkrl,bgrls->bgks", dout_t[..., start:end], p,
+    dv_t = dv_t + jnp.pad(jnp.einsum("bgkrl,bgrls->bgks", dob_t, p,
                                      preferred_element_type=jnp.float32), pad)
-  dqt = dqs[0] if len(dqs) == 1 else jnp.concatenate(dqs, axis=3)
+  dqt = dqs[0] if len(dqs) == 1 else jnp.concatenate(dqs, axis=3)  # [B, G, R, L, K]
+  r, l = dqt.shape[2], dqt.shape[3]
   dq = (jnp.transpose(dqt, (0, 3, 1, 2, 4)).reshape(b, l, g * r, k)
-        * jnp.asarray(scale, dqt.dtype)).astype(qt.dtype)
-  dk = jnp.transpose(_barrier(dk_t), (0, 3, 1, 2)).astype(kt.dtype)
+        * jnp.asarray(scale, dqt.dtype))
+  dk = jnp.transpose(_barrier(dk_t), (0, 3, 1, 2))
   dv = jnp.transpose(_barrier(dv_t), (0, 3, 1, 2)).astype(vt.dtype)
+  if rope is not None:  # the rotation's backward is its inverse
+    dq = rotate(dq, *rope, inverse=True)
+    dk = rotate(dk, *rope, inverse=True)
   dbias = None if bias_B1LS is None else jnp.zeros_like(bias_B1LS)
-  return dq, dk, dv, dbias
+  drope = None if rope is None else (jnp.zeros_like(rope[0]), jnp.zeros_like(rope[1]))
+  return dq.astype(kt.dtype), dk.astype(kt.dtype), dv, dbias, drope
 
 
 _attention.defvjp(_attention_fwd, _attention_bwd)
@@ -126,12 +146,16 @@ _attention.defvjp(_attention_fwd, _attention_bwd)
 
 def blocked_attention(q_BLHK: jax.Array, k_BSGK: jax.Array, v_BSGK: jax.Array,
                       mask_B1LS: Optional[jax.Array], scale: bool = True, causal: bool = False,
-                      block: int = 64) -> jax.Array:
+                      block: int = 64, rope: Optional[tuple] = None) -> jax.Array:
   """softmax(q k^T / sqrt(K)) v, [B, L, H, K], as `attention.dot_product_attention` (no bias).
 
   `causal=True` promises that `mask_B1LS` hides every key after its query (token
   index against token index), so key blocks above the diagonal may be skipped; a
   mask that does not (prefix-LM, decoding against a cache) must pass False.
+
+  `rope` = (cos, sin) tables [B, L, K/2] (lm/rope.py `rope_tables`, S == L) rotates q
+  and k here, inside the layout copies: the same numbers as rotating them first, minus
+  a pass over q and k each way.
   """
   h, g = q_BLHK.shape[2], k_BSGK.shape[2]
   if h % g:
@@ -142,7 +166,7 @@ def blocked_attention(q_BLHK: jax.Array, k_BSGK: jax.Array, v_BSGK: jax.Array,
     bias_B1LS = jnp.where(mask_B1LS, 0.0, jnp.finfo(jnp.float32).min)
   scale_value = 1.0 / float(q_BLHK.shape[-1]) ** 0.5 if scale else 1.0
   blocks = query_blocks(q_BLHK.shape[1], k_BSGK.shape[1], causal, block)
-  out_BLHK = _attention(q_BLHK, k_BSGK, v_BSGK, bias_B1LS, scale_value, blocks)
+  out_BLHK = _attention(q_BLHK, k_BSGK, v_BSGK, bias_B1LS, rope, scale_value, blocks)
   if mask_B1LS is not None:
     visible_BL11 = jnp.any(mask_B1LS[:, 0], axis=-1)[:, :, None, None]
     out_BLHK = out_BLHK * visible_BL11.astype(out_BLHK.dtype)
