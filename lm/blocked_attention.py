@@ -111,8 +111,11 @@ def _attention_fwd(q_BLHK, k_BSGK, v_BSGK, bias_B1LS, rope, scale, blocks):
 def _attention_bwd(scale, blocks, residuals, dout_BLHK):
   qbs_t, kt, vt, bias_B1LS, rope, probs, outs = residuals
   b, g, s, k = kt.shape
-  dqs, dk_t, dv_t = [], 0.0, 0.0
-  for (start, end, kv_end), q_t, p, ob in zip(blocks, qbs_t, probs, outs):
+  dqs, dk_t, dv_t = [None] * len(blocks), None, None
+  # The last block attends every key: its dk^T / dv^T start the sums, and the earlier
+  # blocks add into their key prefix in place (no padded copies of the full sums).
+  for i in reversed(range(len(blocks))):
+    (start, end, kv_end), q_t, p, ob = blocks[i], qbs_t[i], probs[i], outs[i]
     dob = _heads_copy(dout_BLHK, None, start, end, g, _GRLK)  # [B, G, R, l, K]
     dob_t = _heads_copy(dout_BLHK, None, start, end, g, _GKRL)  # [B, G, K, R, l]
     # rowsum(dP * P) = rowsum(dO * O): one pass over [.., l, K] instead of [.., l, S].
@@ -120,13 +123,15 @@ def _attention_bwd(scale, blocks, residuals, dout_BLHK):
     dp = jnp.einsum("bgrlk,bgsk->bgrls", dob, vt[:, :, :kv_end],
                     preferred_element_type=jnp.float32)
     ds = (p.astype(jnp.float32) * (dp - rowsum)).astype(kt.dtype)
-    dqs.append(jnp.einsum("bgrls,bgsk->bgrlk", ds, kt[:, :, :kv_end]))
-    pad = ((0, 0),) * 3 + ((0, s - kv_end),)
+    dqs[i] = jnp.einsum("bgrls,bgsk->bgrlk", ds, kt[:, :, :kv_end])
     # dk^T and dv^T [B, G, K, S]: plain GEMMs on the copied transposes of q and dO.
-    dk_t = dk_t + jnp.pad(jnp.einsum("bgkrl,bgrls->bgks", q_t, ds,
-                                     preferred_element_type=jnp.float32), pad)
-    dv_t = dv_t + jnp.pad(jnp.einsum("bgkrl,bgrls->bgks", dob_t, p,
-                                     preferred_element_type=jnp.float32), pad)
+    dk_i = jnp.einsum("bgkrl,bgrls->bgks", q_t, ds, preferred_element_type=jnp.float32)
+    dv_i = jnp.einsum("bgkrl,bgrls->bgks", dob_t, p, preferred_element_type=jnp.float32)
+    if dk_t is None:
+      dk_t, dv_t = dk_i, dv_i
+    else:
+      dk_t = dk_t.at[..., :kv_end].add(dk_i)
+      dv_t = dv_t.at[..., :kv_end].add(dv_i)
   dqt = dqs[0] if len(dqs) == 1 else jnp.concatenate(dqs, axis=3)  # [B, G, R, L, K]
   r, l = dqt.shape[2], dqt.shape[3]
   dq = (jnp.transpose(dqt, (0, 3, 1, 2, 4)).reshape(b, l, g * r, k)
