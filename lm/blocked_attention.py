@@ -57,10 +57,11 @@ def _softmax(logits):
   return e * (1.0 / jnp.sum(e, axis=-1, keepdims=True))
 
 
-def _heads_copy(x_BLNK, rope, start, end, g, perm, scale=None):
-  """Rows [start, end) of x, rotated by `rope` (cos, sin tables or None) and scaled, as
-  a real copy in [B, G, ...] layout (perm of [B, L', G, R, K]). One fusion reads x."""
-  x = x_BLNK[:, start:end]
+def _heads_copy(x_BLNK, heads, rope, start, end, g, perm, scale=None):
+  """Rows [start, end) of x's heads [heads[0], heads[1]), rotated by `rope` (cos, sin
+  tables or None) and scaled, as a real copy in [B, G, ...] layout (perm of
+  [B, L', G, R, K]). One fusion reads x."""
+  x = x_BLNK[:, start:end, heads[0]:heads[1]]
   if rope is not None:
     x = rotate(x, rope[0][:, start:end], rope[1][:, start:end])
   if scale is not None:
@@ -73,24 +74,30 @@ _GRLK = (0, 2, 3, 1, 4)  # [B, L, G, R, K] -> [B, G, R, L, K]
 _GKRL = (0, 2, 4, 3, 1)  # [B, L, G, R, K] -> [B, G, K, R, L]
 
 
-def _forward(q_BLHK, k_BSGK, v_BSGK, bias_B1LS, rope, scale, blocks):
-  g = k_BSGK.shape[2]
-  s = k_BSGK.shape[1]
+# q, k and v are head ranges of the source arrays: `views` = ((source index, first head,
+# end head) for q, k, v). Separate q, k, v arrays are three sources; a fused q|k|v
+# projection is one, whose gradient is then assembled in one pass (no adds of the
+# three input gradients of separate projections).
+
+def _forward(srcs, bias_B1LS, rope, views, scale, blocks):
+  (qi, *qh), (ki, *kh), (vi, *vh) = views
+  g = kh[1] - kh[0]
+  s = srcs[ki].shape[1]
   # Keys and values [B, G, S, K] (R = 1), and each block's key prefix copied from them.
-  kt = _heads_copy(k_BSGK, rope, 0, s, g, _GRLK)[:, :, 0]
-  vt = _heads_copy(v_BSGK, None, 0, s, g, _GRLK)[:, :, 0]
+  kt = _heads_copy(srcs[ki], kh, rope, 0, s, g, _GRLK)[:, :, 0]
+  vt = _heads_copy(srcs[vi], vh, None, 0, s, g, _GRLK)[:, :, 0]
   qbs, qbs_t, probs, outs = [], [], [], []
   for start, end, kv_end in blocks:
     # The block's queries [B, G, R, l, K] (query head h = g * R + r), and their transpose
     # [B, G, K, R, l] for the backward's dk^T = q^T dS, both copied from q here.
-    qb = _heads_copy(q_BLHK, rope, start, end, g, _GRLK, scale)
+    qb = _heads_copy(srcs[qi], qh, rope, start, end, g, _GRLK, scale)
     qbs.append(qb)
-    qbs_t.append(_heads_copy(q_BLHK, rope, start, end, g, _GKRL, scale))
+    qbs_t.append(_heads_copy(srcs[qi], qh, rope, start, end, g, _GKRL, scale))
     logits = jnp.einsum("bgrlk,bgsk->bgrls", qb, kt[:, :, :kv_end],
                         preferred_element_type=jnp.float32)
     if bias_B1LS is not None:
       logits = logits + bias_B1LS[:, :, None, start:end, :kv_end]
-    p = _softmax(logits).astype(v_BSGK.dtype)
+    p = _softmax(logits).astype(vt.dtype)
     probs.append(p)
     outs.append(jnp.einsum("bgrls,bgsk->bgrlk", p, vt[:, :, :kv_end]))
   ot = outs[0] if len(outs) == 1 else jnp.concatenate(outs, axis=3)  # [B, G, R, L, K]
@@ -99,16 +106,17 @@ def _forward(q_BLHK, k_BSGK, v_BSGK, bias_B1LS, rope, scale, blocks):
   return out_BLHK, (tuple(qbs_t), kt, vt, bias_B1LS, rope, tuple(probs), tuple(outs))
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(5, 6))
-def _attention(q_BLHK, k_BSGK, v_BSGK, bias_B1LS, rope, scale, blocks):
-  return _forward(q_BLHK, k_BSGK, v_BSGK, bias_B1LS, rope, scale, blocks)[0]
+# `dtypes`: the sources' dtype names (static), for their gradients.
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5, 6))
+def _attention(srcs, bias_B1LS, rope, views, dtypes, scale, blocks):
+  return _forward(srcs, bias_B1LS, rope, views, scale, blocks)[0]
 
 
-def _attention_fwd(q_BLHK, k_BSGK, v_BSGK, bias_B1LS, rope, scale, blocks):
-  return _forward(q_BLHK, k_BSGK, v_BSGK, bias_B1LS, rope, scale, blocks)
+def _attention_fwd(srcs, bias_B1LS, rope, views, dtypes, scale, blocks):
+  return _forward(srcs, bias_B1LS, rope, views, scale, blocks)
 
 
-def _attention_bwd(scale, blocks, residuals, dout_BLHK):
+def _attention_bwd(views, dtypes, scale, blocks, residuals, dout_BLHK):
   qbs_t, kt, vt, bias_B1LS, rope, probs, outs = residuals
   b, g, s, k = kt.shape
   dqs, dk_t, dv_t = [None] * len(blocks), None, None
@@ -116,8 +124,9 @@ def _attention_bwd(scale, blocks, residuals, dout_BLHK):
   # blocks add into their key prefix in place (no padded copies of the full sums).
   for i in reversed(range(len(blocks))):
     (start, end, kv_end), q_t, p, ob = blocks[i], qbs_t[i], probs[i], outs[i]
-    dob = _heads_copy(dout_BLHK, None, start, end, g, _GRLK)  # [B, G, R, l, K]
-    dob_t = _heads_copy(dout_BLHK, None, start, end, g, _GKRL)  # [B, G, K, R, l]
+    heads = (0, dout_BLHK.shape[2])
+    dob = _heads_copy(dout_BLHK, heads, None, start, end, g, _GRLK)  # [B, G, R, l, K]
+    dob_t = _heads_copy(dout_BLHK, heads, None, start, end, g, _GKRL)  # [B, G, K, R, l]
     # rowsum(dP * P) = rowsum(dO * O): one pass over [.., l, K] instead of [.., l, S].
     rowsum = jnp.sum(dob.astype(jnp.float32) * ob.astype(jnp.float32), axis=-1, keepdims=True)
     dp = jnp.einsum("bgrlk,bgsk->bgrls", dob, vt[:, :, :kv_end],
@@ -137,16 +146,37 @@ def _attention_bwd(scale, blocks, residuals, dout_BLHK):
   dq = (jnp.transpose(dqt, (0, 3, 1, 2, 4)).reshape(b, l, g * r, k)
         * jnp.asarray(scale, dqt.dtype))
   dk = jnp.transpose(_barrier(dk_t), (0, 3, 1, 2))
-  dv = jnp.transpose(_barrier(dv_t), (0, 3, 1, 2)).astype(vt.dtype)
+  dv = jnp.transpose(_barrier(dv_t), (0, 3, 1, 2))
   if rope is not None:  # the rotation's backward is its inverse
     dq = rotate(dq, *rope, inverse=True)
     dk = rotate(dk, *rope, inverse=True)
+  # Each source's gradient: its views' gradients in head order (they tile it).
+  dsrcs = []
+  for i, dtype in enumerate(dtypes):
+    parts = sorted((view[1], grad) for view, grad in zip(views, (dq, dk, dv)) if view[0] == i)
+    grad = parts[0][1] if len(parts) == 1 else jnp.concatenate([p for _, p in parts], axis=2)
+    dsrcs.append(grad.astype(dtype))
   dbias = None if bias_B1LS is None else jnp.zeros_like(bias_B1LS)
   drope = None if rope is None else (jnp.zeros_like(rope[0]), jnp.zeros_like(rope[1]))
-  return dq.astype(kt.dtype), dk.astype(kt.dtype), dv, dbias, drope
+  return tuple(dsrcs), dbias, drope
 
 
 _attention.defvjp(_attention_fwd, _attention_bwd)
+
+
+def _attend(srcs, views, mask_B1LS, scale, causal, block, rope, head_dim, length, kv_length):
+  bias_B1LS = None
+  if mask_B1LS is not None:
+    # A finite fill (not -inf) keeps fully masked rows NaN-free; they are zeroed below.
+    bias_B1LS = jnp.where(mask_B1LS, 0.0, jnp.finfo(jnp.float32).min)
+  scale_value = 1.0 / float(head_dim) ** 0.5 if scale else 1.0
+  blocks = query_blocks(length, kv_length, causal, block)
+  dtypes = tuple(jnp.dtype(x.dtype).name for x in srcs)
+  out_BLHK = _attention(tuple(srcs), bias_B1LS, rope, views, dtypes, scale_value, blocks)
+  if mask_B1LS is not None:
+    visible_BL11 = jnp.any(mask_B1LS[:, 0], axis=-1)[:, :, None, None]
+    out_BLHK = out_BLHK * visible_BL11.astype(out_BLHK.dtype)
+  return out_BLHK
 
 
 def blocked_attention(q_BLHK: jax.Array, k_BSGK: jax.Array, v_BSGK: jax.Array,
@@ -165,14 +195,22 @@ def blocked_attention(q_BLHK: jax.Array, k_BSGK: jax.Array, v_BSGK: jax.Array,
   h, g = q_BLHK.shape[2], k_BSGK.shape[2]
   if h % g:
     raise ValueError(f"query heads ({h}) must be a multiple of kv heads ({g})")
-  bias_B1LS = None
-  if mask_B1LS is not None:
-    # A finite fill (not -inf) keeps fully masked rows NaN-free; they are zeroed below.
-    bias_B1LS = jnp.where(mask_B1LS, 0.0, jnp.finfo(jnp.float32).min)
-  scale_value = 1.0 / float(q_BLHK.shape[-1]) ** 0.5 if scale else 1.0
-  blocks = query_blocks(q_BLHK.shape[1], k_BSGK.shape[1], causal, block)
-  out_BLHK = _attention(q_BLHK, k_BSGK, v_BSGK, bias_B1LS, rope, scale_value, blocks)
-  if mask_B1LS is not None:
-    visible_BL11 = jnp.any(mask_B1LS[:, 0], axis=-1)[:, :, None, None]
-    out_BLHK = out_BLHK * visible_BL11.astype(out_BLHK.dtype)
-  return out_BLHK
+  views = ((0, 0, h), (1, 0, g), (2, 0, g))
+  return _attend((q_BLHK, k_BSGK, v_BSGK), views, mask_B1LS, scale, causal, block, rope,
+                 q_BLHK.shape[-1], q_BLHK.shape[1], k_BSGK.shape[1])
+
+
+def blocked_self_attention(qkv_BLNK: jax.Array, num_heads: int, kv_heads: int,
+                           mask_B1LS: Optional[jax.Array], scale: bool = True,
+                           causal: bool = False, block: int = 64,
+                           rope: Optional[tuple] = None) -> jax.Array:
+  """`blocked_attention` of a fused projection: qkv [B, L, H + 2G, K] holds q's H heads,
+  then k's G, then v's G. Its gradient comes out as one array in one pass."""
+  h, g = num_heads, kv_heads
+  if h % g or qkv_BLNK.shape[2] != h + 2 * g:
+    raise ValueError(f"qkv has {qkv_BLNK.shape[2]} heads; expected num_heads ({h}) + "
+                     f"2 * kv_heads ({g}), with num_heads a multiple of kv_heads")
+  views = ((0, 0, h), (0, h, h + g), (0, h + g, h + 2 * g))
+  l = qkv_BLNK.shape[1]
+  return _attend((qkv_BLNK,), views, mask_B1LS, scale, causal, block, rope,
+                 qkv_BLNK.shape[-1], l, l)

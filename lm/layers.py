@@ -78,19 +78,25 @@ class Einsum(nn.Module):
   cfg: ModelConfig
   bias_dims: int = 1
 
-  @nn.compact
-  def __call__(self, x):
-    kernel = self.param(
+  def setup(self):
+    # setup (not compact), so that a parent can read `kernel` and `bias` without calling
+    # the module (MultiHeadAttention fuses the q, k, v kernels into one matmul).
+    self.kernel = self.param(
         "kernel", nn.with_logical_partitioning(self.kernel_init, tuple(self.names)),
         tuple(self.shape), param_dtype(self.cfg))
-    dtype = compute_dtype(self.cfg)
-    y = token_einsum(self.spec, x.astype(dtype), kernel.astype(dtype), self.cfg.weight_grad_impl)
+    self.bias = None
     if self.cfg.use_bias and self.bias_dims:
       n = self.bias_dims
-      bias = self.param("bias", nn.with_logical_partitioning(nn.initializers.zeros,
-                                                             tuple(self.names[-n:])),
-                        tuple(self.shape[-n:]), param_dtype(self.cfg))
-      y = y + bias.astype(dtype)
+      self.bias = self.param("bias", nn.with_logical_partitioning(nn.initializers.zeros,
+                                                                  tuple(self.names[-n:])),
+                             tuple(self.shape[-n:]), param_dtype(self.cfg))
+
+  def __call__(self, x):
+    dtype = compute_dtype(self.cfg)
+    y = token_einsum(self.spec, x.astype(dtype), self.kernel.astype(dtype),
+                     self.cfg.weight_grad_impl)
+    if self.bias is not None:
+      y = y + self.bias.astype(dtype)
     return y
 
 

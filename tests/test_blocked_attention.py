@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 
 from lm.attention import dot_product_attention, make_attention_mask
-from lm.blocked_attention import MAX_QUERY_BLOCKS, blocked_attention, query_blocks
+from lm.blocked_attention import (MAX_QUERY_BLOCKS, blocked_attention, blocked_self_attention,
+                                  query_blocks)
 from lm.config import ModelConfig
 from lm.models import DecoderLM
 from lm.rope import apply_rope, rope_tables, rotate
@@ -68,6 +69,29 @@ def test_rope_inside_matches_rotating_first(heads, kv_heads, causal, block):
                                         rope=rope_tables(POSITIONS, 8)), q, k, v, dout)
   for name, w, g in zip(("out", "dq", "dk", "dv"), want, got):
     np.testing.assert_allclose(g, w, atol=2e-5, rtol=2e-5, err_msg=name)
+
+
+@pytest.mark.parametrize("heads,kv_heads", [(4, 4), (4, 2), (4, 1)], ids=["mha", "gqa", "mqa"])
+def test_fused_qkv_matches_separate(heads, kv_heads):
+  """One [B, L, H + 2G, K] source gives the outputs of separate q, k, v, and its gradient
+  is theirs side by side."""
+  q, k, v, dout = _qkv(2, 32, 32, heads, kv_heads, 8, seed=5)
+  mask = make_attention_mask(SEGMENTS, SEGMENTS, causal=True)
+  rope = rope_tables(POSITIONS, 8)
+  want = _value_and_grads(lambda *a: blocked_attention(*a, mask, causal=True, block=8, rope=rope),
+                          q, k, v, dout)
+  qkv = jnp.concatenate([q, k, v], axis=2)
+
+  def fused(qkv, dout):
+    out, vjp = jax.vjp(lambda x: blocked_self_attention(x, heads, kv_heads, mask, causal=True,
+                                                        block=8, rope=rope), qkv)
+    return out, vjp(dout)[0]
+
+  out, dqkv = jax.jit(fused)(qkv, dout)
+  np.testing.assert_allclose(out, want[0], atol=1e-6, rtol=1e-6)
+  np.testing.assert_allclose(dqkv, jnp.concatenate(want[1:], axis=2), atol=1e-6, rtol=1e-6)
+  with pytest.raises(ValueError, match="num_heads"):
+    blocked_self_attention(qkv, heads + 1, kv_heads, mask)
 
 
 def test_rope_inverse_undoes_rotation():
@@ -156,12 +180,14 @@ def _decoder(**overrides):
   return cfg, DecoderLM(cfg)
 
 
-@pytest.mark.parametrize("prefix", [False, True], ids=["causal", "prefix_lm"])
-def test_decoder_blocked_equals_einsum_path(prefix):
-  """Whole-model logits and gradients; a prefix-LM mask (prefix longer than a block) must
+@pytest.mark.parametrize("prefix,use_bias", [(False, False), (True, False), (False, True)],
+                         ids=["causal", "prefix_lm", "biases"])
+def test_decoder_blocked_equals_einsum_path(prefix, use_bias):
+  """Whole-model logits and gradients (the blocked path fuses the q, k, v projections
+  into one matmul, biases included); a prefix-LM mask (prefix longer than a block) must
   not be treated as causal, or the prefix tokens would lose the keys after their block."""
-  cfg, model = _decoder(attention_impl="xla")
-  blocked_cfg, blocked_model = _decoder(attention_impl="blocked")
+  cfg, model = _decoder(attention_impl="xla", use_bias=use_bias)
+  blocked_cfg, blocked_model = _decoder(attention_impl="blocked", use_bias=use_bias)
   tokens = jax.random.randint(jax.random.PRNGKey(0), (2, 32), 0, 64)
   prefix_mask = (jnp.arange(32)[None] < jnp.array([[12], [20]])).astype(jnp.int32) if prefix else None
   params = model.init(jax.random.PRNGKey(1), tokens)["params"]
