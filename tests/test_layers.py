@@ -22,3 +22,16 @@ def test_gelu_tanh_keeps_bfloat16():
   assert y.dtype == g.dtype == jnp.bfloat16
   g_ref = jax.grad(lambda x: jnp.sum(jax.nn.gelu(x.astype(jnp.float32), approximate=True)))(x)
   np.testing.assert_allclose(g.astype(np.float32), g_ref.astype(np.float32), atol=2e-2)
+
+
+def test_gelu_tanh_backward_recomputes_tanh_instead_of_keeping_it():
+  """XLA would CSE a backward tanh written like the forward's and keep the forward's
+  [.., F] tanh in memory (an extra fusion writing it, read back in the backward);
+  the backward's differently written tanh stays its own, recomputed from x."""
+  import re
+  x, w = jnp.ones((64, 256)), jnp.ones((256, 256))
+  loss = lambda x, w: jnp.sum(gelu_tanh(x @ w) @ w)
+  hlo = jax.jit(jax.grad(loss, argnums=(0, 1))).lower(x, w).compile().as_text()
+  assert hlo.count(" tanh(") == 2  # once in the forward's fusion, once in the backward's
+  # and never as a fusion's result of its own
+  assert not re.search(r"ROOT %[\w.\-]+ = f32\[[\d,]*\]\{[\d,]*\} tanh\(", hlo)
