@@ -126,12 +126,16 @@ class LayerNorm(nn.Module):
                          (d,), pdt)
     bias_D = self.param("bias", nn.with_logical_partitioning(nn.initializers.zeros, ("embed",)),
                         (d,), pdt)
-    x = x_BLD.astype(jnp.float32)
-    mean = jnp.mean(x, axis=-1, keepdims=True)
-    var = jnp.mean(jnp.square(x - mean), axis=-1, keepdims=True)
-    x = (x - mean) * jax.lax.rsqrt(var + self.cfg.norm_eps)
-    x = x * scale_D.astype(jnp.float32) + bias_D.astype(jnp.float32)
-    return x.astype(compute_dtype(self.cfg))
+    return layer_norm(x_BLD, scale_D, bias_D, self.cfg.norm_eps).astype(compute_dtype(self.cfg))
+
+
+def layer_norm(x, scale, bias, eps: float):
+  """(x - mean) / std * scale + bias over the last dim, in float32."""
+  x = x.astype(jnp.float32)
+  mean = jnp.mean(x, axis=-1, keepdims=True)
+  var = jnp.mean(jnp.square(x - mean), axis=-1, keepdims=True)
+  x = (x - mean) * jax.lax.rsqrt(var + eps)
+  return x * scale.astype(jnp.float32) + bias.astype(jnp.float32)
 
 
 NORMS = {"rmsnorm": RMSNorm, "layernorm": LayerNorm}

@@ -14,6 +14,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from lm.unfused import apart
+
 
 def rope_frequencies(head_dim: int, base: float) -> jax.Array:
   """Inverse frequencies base^(-2i/K), i < K/2, float32."""
@@ -30,15 +32,8 @@ def rope_tables(positions_BL: jax.Array, head_dim: int, base: float = 10000.0):
     angles_BLF = positions.astype(jnp.float32)[..., None] * freqs
     return jnp.cos(angles_BLF), jnp.sin(angles_BLF)
 
-  if positions_BL.size == 0 or jax.default_backend() != "cpu":
-    # Elsewhere sin/cos are cheap, and a conditional can cost a device-to-host sync
-    # (XLA:GPU reads the predicate on the host).
-    return tables(positions_BL)
-  # XLA:CPU fuses element-wise producers into every consumer, and an optimization
-  # barrier is gone by the time it fuses. A conditional's result is a buffer, so the
-  # tables are computed once. Both branches are the same: the predicate only has to be
-  # opaque to the compiler.
-  return jax.lax.cond(positions_BL.reshape(-1)[0] > 0, tables, tables, positions_BL)
+  # XLA:CPU would fuse the sin/cos into every consumer, per element and head.
+  return apart(tables, positions_BL)
 
 
 def rotate(x_BLNK: jax.Array, cos_BLF: jax.Array, sin_BLF: jax.Array,

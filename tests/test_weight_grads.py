@@ -107,3 +107,24 @@ def test_model_gradients_match_autodiff():
   assert len(flat_ref) == len(flat_new) > 0
   for (path, a), b in zip(flat_ref, flat_new):
     np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-6, err_msg=jax.tree_util.keystr(path))
+
+
+def test_layer_input_is_transposed_apart_from_its_layernorm():
+  """The copied x^T of a LayerNorm's output is a plain transposing copy of the norm's
+  materialised output (lm/unfused.py), not a loop that recomputes the norm per element
+  in transposed order (several times slower on XLA:CPU)."""
+  from lm.layers import layer_norm
+
+  x = jnp.asarray(np.random.default_rng(0).standard_normal((256, 64)), jnp.float32)
+  w, scale, bias = jnp.ones((64, 128)), jnp.ones((64,)), jnp.zeros((64,))
+
+  def loss(x, w):
+    return jnp.sum(token_matmul("td,df->tf", layer_norm(x, scale, bias, 1e-6), w, "transposed") ** 2)
+
+  hlo = jax.jit(jax.grad(loss, argnums=1)).lower(x, w).compile().as_text()
+  bodies = re.findall(r"^(?:ENTRY )?%?[\w.\-]+ [^\n]*\{\n(.*?)\n\}", hlo, re.S | re.M)
+  transposing = [b for b in bodies if re.search(r" (?:transpose|copy)\(%", b)
+                 and re.search(r"\{0,1\}", b)]
+  assert transposing, "expected a transposing copy of the norm's output"
+  for body in transposing:
+    assert not re.search(r" (?:multiply|subtract|add)\(%", body), body
