@@ -81,58 +81,36 @@ def benchmark_train_step(cfg, steps: int, warmup: int, compile_only: bool = Fals
                          op_profile_top: int = 0) -> dict:
   import flax.linen as nn
   import jax
-  import numpy as np
 
-  from lm import sharding
   from lm.metrics import step_cost
-  from lm.steps import make_train_step
-  from lm.train import init_train_state, setup_run
 
   devices = jax.devices()
-  run = setup_run(cfg, devices)
-  objective, model_cfg, mesh, rules, model, tx, schedule = (
-      run.objective, run.model_cfg, run.mesh, run.rules, run.model, run.tx, run.schedule)
-  b, l = cfg.train.batch_size, cfg.data.seq_len
-  rng = np.random.default_rng(0)
-  host_batch = {k: np.asarray(v) for k, v in objective.init_batch(b, l).items()}
-  host_batch["inputs"] = rng.integers(4, model_cfg.vocab_size, (b, l), dtype=np.int32)
-  if "targets" in host_batch:
-    host_batch["targets"] = rng.integers(4, model_cfg.vocab_size, (b, l), dtype=np.int32)
-  if "positions" in host_batch:
-    host_batch["positions"] = np.broadcast_to(np.arange(l, dtype=np.int32), (b, l)).copy()
-  with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
-    init = init_train_state(objective, model, tx, mesh, rules, l, cfg.seed)
-    state = init.state
-    batch = sharding.put_batch(host_batch, mesh)
-    step_fn = jax.jit(make_train_step(objective, model, tx, schedule, cfg.train, cfg.seed),
-                      in_shardings=(init.shardings, sharding.batch_sharding(mesh)),
-                      out_shardings=(init.shardings, None), donate_argnums=0)
-    t = time.perf_counter()
-    compiled = step_fn.lower(state, batch).compile()
-    compile_s = time.perf_counter() - t
-    if compile_only:
-      return {"num_params": init.num_params, "compile_s": compile_s, "devices": len(devices),
-              "platform": devices[0].platform, "num_layers": model_cfg.num_layers,
-              "scan_layers": model_cfg.scan_layers}
+  from experiments.train_step import build_train_step
+
+  built = build_train_step(cfg)
+  model_cfg, compiled, batch = built.model_cfg, built.compiled, built.batch
+  if compile_only:
+    return {"num_params": built.num_params, "compile_s": built.compile_s, "devices": len(devices),
+            "platform": devices[0].platform, "num_layers": model_cfg.num_layers,
+            "scan_layers": model_cfg.scan_layers}
+  with jax.set_mesh(built.mesh), nn.logical_axis_rules(built.rules):
     for _ in range(warmup):
-      state, metrics = compiled(state, batch)
-    jax.block_until_ready(state)
+      built.run()
     times = []
     for _ in range(steps):
       t = time.perf_counter()
-      state, metrics = compiled(state, batch)
-      jax.block_until_ready(state)
+      built.run()
       times.append(time.perf_counter() - t)
     ops, ops_text = [], ""
     if op_profile_top:
-      state, ops, traced_ms, ops_text = profile_ops(compiled, state, batch, op_profile_top)
+      built.state, ops, traced_ms, ops_text = profile_ops(compiled, built.state, batch, op_profile_top)
   step_s = statistics.median(times)
-  tokens, flops = step_cost(model_cfg, {k: v.shape for k, v in host_batch.items()})
+  tokens, flops = step_cost(model_cfg, built.batch_shapes)
   flops_tok = flops / tokens
   return {
-      "num_params": init.num_params,
+      "num_params": built.num_params,
       "flops_per_token": flops_tok,
-      "compile_s": compile_s,
+      "compile_s": built.compile_s,
       "step_time_s": step_s,
       "step_time_min_s": min(times),
       "tokens_per_s": tokens / step_s,

@@ -13,6 +13,14 @@ by 5-15% between runs, and the peak FLOP/s measured in each run moves with it.
 Prints each round's median step time and MFU per variant, its step time relative
 to the first variant in the same round, and the median over rounds; --out writes
 the same as JSON.
+
+--interleave compares config variants inside one process instead: it compiles
+every variant's train step, then runs single steps in turn (A B, B A, A B, ...)
+and reports, per variant, the median over steps of its step time divided by the
+first variant's step next to it, with the quartiles of that ratio. Drift then
+hits both sides of every pair, so differences of about 1% are resolved where
+separate runs need 5-15% (experiments/BENCHMARKS.md). Its variants may only set
+config fields (`--config.model.x=v`); code versions need separate runs.
 """
 from __future__ import annotations
 
@@ -23,6 +31,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import time
 
 from absl import app, flags
 
@@ -32,6 +41,9 @@ _ROUNDS = flags.DEFINE_integer("rounds", 2, "Rounds; each runs every variant onc
 _STEPS = flags.DEFINE_integer("steps", 20, "Timed steps per run (benchmark.py --steps).")
 _COMMON = flags.DEFINE_string("benchmark_flags", "", "More benchmark.py flags for every variant.")
 _OUT = flags.DEFINE_string("out", "", "Write the runs and the summary as JSON here.")
+_INTERLEAVE = flags.DEFINE_bool(
+    "interleave", False, "Compare config variants in one process, alternating single steps "
+    "(--steps pairs); variants and --benchmark_flags may only hold --config.* and --matmul_n.")
 
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -84,6 +96,131 @@ def compare(config: str, variants: list[tuple[str, str, list[str]]], rounds: int
   return {"config": config, "rounds": rounds, "steps": steps, "runs": runs, "summary": summary}
 
 
+def split_interleaved_args(variant: str, args: list[str]) -> tuple[dict, int | None]:
+  """({dotted config field: value text}, --matmul_n or None) of an interleaved variant's args."""
+  overrides, matmul_n = {}, None
+  for arg in args:
+    key, sep, value = arg.partition("=")
+    if sep and key.startswith("--config."):
+      overrides[key[len("--config."):]] = value
+    elif sep and key == "--matmul_n":
+      matmul_n = int(value)
+    else:
+      raise ValueError(f"--variant {variant!r}: {arg!r} is not a --config.FIELD=VALUE override; "
+                       "--interleave compares config variants only (drop --interleave to compare "
+                       "other benchmark flags or checkouts)")
+  return overrides, matmul_n
+
+
+def _parse_value(field: str, old, text: str):
+  if isinstance(old, bool):
+    if text.lower() not in ("true", "false", "1", "0"):
+      raise ValueError(f"--config.{field}={text!r}: expected true or false")
+    return text.lower() in ("true", "1")
+  try:
+    return type(old)(text) if isinstance(old, (int, float, str)) else type(old)(eval_literal(text))
+  except (TypeError, ValueError) as e:
+    raise ValueError(f"--config.{field}={text!r}: expected {type(old).__name__} ({e})") from None
+
+
+def eval_literal(text: str):
+  import ast
+
+  return ast.literal_eval(text)
+
+
+def apply_overrides(cfg, overrides: dict):
+  """A copy of cfg with the dotted fields set; ValueError naming an unknown field."""
+  import copy
+
+  cfg = copy.deepcopy(cfg)
+  for field, text in overrides.items():
+    node, *path = [cfg, *field.split(".")]
+    for part in path[:-1]:
+      if part not in node:
+        raise ValueError(f"--config.{field}: the config has no field {part!r}")
+      node = node[part]
+    if path[-1] not in node:
+      raise ValueError(f"--config.{field}: the config has no field {path[-1]!r}")
+    node[path[-1]] = _parse_value(field, node[path[-1]], text)
+  return cfg
+
+
+def load_config(path: str):
+  import importlib.util
+
+  spec = importlib.util.spec_from_file_location("benchmark_ab_config", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config()
+
+
+def interleaved(cfgs: dict, steps: int, warmup: int = 3, matmul_n: int = 2048, log=print) -> dict:
+  """Compile every variant's train step in this process, then alternate single steps."""
+  import jax
+  import numpy as np
+
+  from experiments.train_step import build_train_step
+  from lm.metrics import peak_flops, step_cost
+
+  built = {}
+  for name, cfg in cfgs.items():
+    built[name] = build_train_step(cfg)
+    log(f"{name:<16} compiled in {built[name].compile_s:.2f} s")
+  for b in built.values():
+    for _ in range(warmup):
+      b.run()
+  times = {name: [] for name in built}
+  names = list(built)
+  for i in range(steps):
+    for name in names if i % 2 == 0 else names[::-1]:
+      t = time.perf_counter()
+      built[name].run()
+      times[name].append(time.perf_counter() - t)
+  peak = peak_flops(jax.devices(), matmul_n=matmul_n, repeats=10)[0]
+  summary = {}
+  for name, b in built.items():
+    ratios = np.asarray(times[name]) / np.asarray(times[names[0]])
+    tokens, flops = step_cost(b.model_cfg, b.batch_shapes)
+    step_s = statistics.median(times[name])
+    summary[name] = {"step_time_s": step_s, "vs_first": float(np.median(ratios)),
+                     "vs_first_quartiles": [float(np.percentile(ratios, 25)), float(np.percentile(ratios, 75))],
+                     "mfu": flops / step_s / peak, "tokens_per_s": tokens / step_s}
+  return {"steps": steps, "peak_flops": peak, "times_s": times, "summary": summary}
+
+
+def _main_interleaved(variants, common):
+  try:
+    if _STEPS.value < 2:
+      raise ValueError("--steps must be at least 2 with --interleave (it pairs steps)")
+    common_overrides, common_n = split_interleaved_args("--benchmark_flags", common)
+    base = load_config(_CONFIG.value)
+    cfgs, matmul_n = {}, common_n or 2048
+    for name, directory, args in variants:
+      if directory != _ROOT:
+        raise ValueError(f"--variant {name!r}: --interleave runs this checkout only (no @DIR)")
+      overrides, n = split_interleaved_args(name, args)
+      matmul_n = n or matmul_n
+      cfgs[name] = apply_overrides(base, {**common_overrides, **overrides})
+  except ValueError as e:
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(2)
+  from lm import host_memory
+
+  host_memory.apply_config(base)  # before the backend starts
+  result = interleaved(cfgs, _STEPS.value, matmul_n=matmul_n)
+  first = next(iter(cfgs))
+  print(f"\n{_STEPS.value} interleaved steps each; ratio = median over steps of the step time / "
+        f"{first}'s step next to it (quartiles):")
+  for name, s in result["summary"].items():
+    q = s["vs_first_quartiles"]
+    print(f"  {name:<16} {s['step_time_s'] * 1e3:9.1f} ms  x{s['vs_first']:.3f} (x{q[0]:.3f}-x{q[1]:.3f})  "
+          f"MFU {100 * s['mfu']:5.1f}%")
+  if _OUT.value:
+    with open(_OUT.value, "w") as f:
+      json.dump({"config": _CONFIG.value, **result}, f, indent=2)
+
+
 def main(argv):
   del argv
   try:
@@ -98,6 +235,9 @@ def main(argv):
     print("error: --rounds must be at least 1", file=sys.stderr)
     sys.exit(2)
   common = shlex.split(_COMMON.value)
+  if _INTERLEAVE.value:
+    _main_interleaved(variants, common)
+    return
   variants = [(n, d, common + a) for n, d, a in variants]
   result = compare(_CONFIG.value, variants, _ROUNDS.value, _STEPS.value)
   print("\nmedian over rounds:")
