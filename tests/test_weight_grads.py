@@ -18,6 +18,10 @@ SPECS = [
     ("bd,dhk->bhk", (48, 16), (16, 4, 8)),  # query/key/value
     ("bhk,hkd->bd", (48, 4, 8), (4, 8, 16)),  # attention out
     ("bd,vd->bv", (48, 16), (96, 16)),  # tied logits: kernel dims in the other order
+    # heads whose y is >= 8x wider than x: the input gradient is computed transposed
+    ("bd,vd->bv", (48, 16), (256, 16)),  # tied
+    ("bd,dv->bv", (48, 16), (16, 256)),  # untied
+    ("bhk,hkv->bv", (48, 2, 8), (2, 8, 256)),  # multi-dim x
 ]
 
 
@@ -44,12 +48,13 @@ def test_transposed_kernel_grads_equal_autodiff(spec, x_shape, k_shape):
   np.testing.assert_allclose(dx, dx_ref, rtol=1e-5, atol=1e-5)
 
 
-def test_bf16_kernel_grads_with_float32_logits():
+@pytest.mark.parametrize("vocab", [96, 256])  # 256: the transposed input gradient
+def test_bf16_kernel_grads_with_float32_logits(vocab):
   """The tied head in bf16 with float32 logits: gradients keep the input dtypes and are as
   close to the float32 ones as autodiff's."""
   rng = np.random.default_rng(0)
   x = jnp.asarray(rng.standard_normal((48, 16)), jnp.bfloat16)
-  kernel = jnp.asarray(rng.standard_normal((96, 16)), jnp.bfloat16)
+  kernel = jnp.asarray(rng.standard_normal((vocab, 16)), jnp.bfloat16)
   truth = _grads("xla", "bd,vd->bv", x.astype(jnp.float32), kernel.astype(jnp.float32))
   ref = _grads("xla", "bd,vd->bv", x, kernel, jnp.bfloat16, jnp.float32)
   new = _grads("transposed", "bd,vd->bv", x, kernel, jnp.bfloat16, jnp.float32)
@@ -66,12 +71,13 @@ def _transposed_a_dots(hlo: str) -> list[str]:
           if re.search(r"= f32\[\d+,\d+\]\S* dot\(", l) and "lhs_contracting_dims={0}" in l]
 
 
-def test_no_transposed_a_matmul_in_the_compiled_cpu_gradient():
+@pytest.mark.parametrize("spec,k_shape", [("bd,df->bf", (32, 64)), ("bd,vd->bv", (512, 32))])
+def test_no_transposed_a_matmul_in_the_compiled_cpu_gradient(spec, k_shape):
   x = jnp.zeros((256, 32), jnp.float32)
-  kernel = jnp.zeros((32, 64), jnp.float32)
+  kernel = jnp.zeros(k_shape, jnp.float32)
 
   def hlo(impl):
-    grad = jax.grad(lambda x, k: jnp.sum(token_matmul("bd,df->bf", x, k, impl) ** 2), argnums=(0, 1))
+    grad = jax.grad(lambda x, k: jnp.sum(token_matmul(spec, x, k, impl) ** 2), argnums=(0, 1))
     return jax.jit(grad).lower(x, kernel).compile().as_text()
 
   assert _transposed_a_dots(hlo("xla")), "autodiff no longer makes a transposed-A GEMM here"
