@@ -57,7 +57,8 @@ def measure_peak(devices, override: float, n: int) -> tuple[float, str]:
 
 
 def profile_ops(compiled, state, batch, top: int):
-  """Trace 3 steps; (state, per-op rows as dicts, traced ms per step, printable summary)."""
+  """Trace 3 steps; (state, per-op rows as dicts, traced ms per step, printable summary,
+  traced wall ms per step by what ran)."""
   import tempfile
 
   import jax
@@ -72,9 +73,12 @@ def profile_ops(compiled, state, batch, top: int):
         state, _ = compiled(state, batch)
       jax.block_until_ready(state)
       step_ms = (time.perf_counter() - t) * 1e3 / steps
-    rows = op_profile.op_table(trace_dir, compiled.as_text(), steps)
-  summary = op_profile.summarize(rows, top) + f"\ntraced step: {step_ms:.1f} ms (untraced steps are faster)"
-  return state, [dataclasses.asdict(r) for r in rows[:top]], step_ms, summary
+    hlo = compiled.as_text()
+    rows = op_profile.op_table(trace_dir, hlo, steps)
+    wall = op_profile.wall_breakdown(trace_dir, hlo, steps)
+  summary = (op_profile.summarize(rows, top) + f"\ntraced step: {step_ms:.1f} ms (untraced steps are faster)"
+             + "\n" + op_profile.format_breakdown(wall))
+  return state, [dataclasses.asdict(r) for r in rows[:top]], step_ms, summary, wall
 
 
 def benchmark_train_step(cfg, steps: int, warmup: int, compile_only: bool = False,
@@ -103,7 +107,7 @@ def benchmark_train_step(cfg, steps: int, warmup: int, compile_only: bool = Fals
       times.append(time.perf_counter() - t)
     ops, ops_text = [], ""
     if op_profile_top:
-      built.state, ops, traced_ms, ops_text = profile_ops(compiled, built.state, batch, op_profile_top)
+      built.state, ops, traced_ms, ops_text, wall = profile_ops(compiled, built.state, batch, op_profile_top)
   step_s = statistics.median(times)
   tokens, flops = step_cost(model_cfg, built.batch_shapes)
   flops_tok = flops / tokens
@@ -118,7 +122,8 @@ def benchmark_train_step(cfg, steps: int, warmup: int, compile_only: bool = Fals
       "devices": len(devices),
       "platform": devices[0].platform,
       "device_kind": devices[0].device_kind,
-      **({"op_profile": ops, "op_profile_traced_step_ms": traced_ms, "op_profile_text": ops_text}
+      **({"op_profile": ops, "op_profile_traced_step_ms": traced_ms, "op_profile_text": ops_text,
+          "op_profile_wall_ms": wall}
          if op_profile_top else {}),
   }
 

@@ -6,7 +6,9 @@ kernels. `op_table` sums those events by op name, joins them with the compiled
 HLO for the source op (`op_name` metadata: which layer and einsum it came from)
 and, for matmuls, the FLOPs, so a row says e.g. "backward of mlp/wi, 4096x1024
 @ 1024x256, 9.3 ms, 231 GFLOP/s". `experiments/benchmark.py --op_profile=N`
-prints the table.
+prints the table. `wall_breakdown` splits the traced wall time by what ran at each
+moment (two matmuls side by side, a matmul alone, other ops alone, nothing), which
+tells serial element-wise links and idle cores from slow GEMMs.
 
 Some XLA:CPU ops are asynchronous: an Eigen matmul (e.g. a weight gradient that
 contracts the leading dim of both operands, which YNNPACK does not take) records a 0.05 ms
@@ -95,8 +97,8 @@ def _describe(name: str, inst: dict[str, str], comps: dict[str, str]) -> tuple[s
   return source, gflop
 
 
-def op_table(trace_dir: str, hlo_text: str, steps: int) -> list[OpRow]:
-  """Per-op time of `steps` traced steps, slowest first."""
+def _trace_events(trace_dir: str) -> tuple[dict, dict]:
+  """(op name -> [(start ns, duration ns)], op name -> [completion ns]) of the newest trace."""
   import jax
 
   files = glob.glob(os.path.join(trace_dir, "**", "*.xplane.pb"), recursive=True)
@@ -115,21 +117,74 @@ def op_table(trace_dir: str, hlo_text: str, steps: int) -> list[OpRow]:
           ends[ev.name[len(_END):]].append(ev.start_ns)
         elif not ev.name.startswith(_SKIP_PREFIXES):
           starts[ev.name].append((ev.start_ns, ev.duration_ns))
+  return starts, ends
+
+
+def _intervals(name: str, evs: list, done: list, inst: dict) -> tuple[bool, list[tuple[int, int]]]:
+  """(asynchronous?, [(start ns, end ns)]) of one op's executions."""
+  evs, done = sorted(evs), sorted(done)
+  # A plain (unfused) dot runs on Eigen asynchronously: time it launch -> completion.
+  async_op = " dot(" in inst.get(name, "") and len(done) == len(evs)
+  if async_op:
+    return True, [(s, s + max(e - s, d)) for (s, d), e in zip(evs, done)]
+  return False, [(s, s + d) for s, d in evs]
+
+
+def op_table(trace_dir: str, hlo_text: str, steps: int) -> list[OpRow]:
+  """Per-op time of `steps` traced steps, slowest first."""
+  starts, ends = _trace_events(trace_dir)
   inst, comps = _instructions(hlo_text)
   rows = []
   for name, evs in starts.items():
-    evs.sort()
-    done = sorted(ends.get(name, ()))
-    calls = len(evs) / steps
     source, gflop = _describe(name, inst, comps)
-    # A plain (unfused) dot runs on Eigen asynchronously: time it launch -> completion.
-    async_op = " dot(" in inst.get(name, "") and len(done) == len(evs)
-    if async_op:
-      ns = sum(max(e - s, d) for (s, d), e in zip(evs, done))
-    else:
-      ns = sum(d for _, d in evs)
+    async_op, spans = _intervals(name, evs, ends.get(name, []), inst)
+    ns = sum(e - s for s, e in spans)
+    calls = len(evs) / steps
     rows.append(OpRow(name, ns / 1e6 / steps, calls, source, gflop * calls, async_op))
   return sorted(rows, key=lambda r: -r.ms_per_step)
+
+
+# What was running, by kind: the keys of `wall_breakdown`.
+WALL_KINDS = ("matmuls side by side", "a matmul beside other ops", "a matmul alone",
+              "other ops side by side", "an other op alone", "nothing")
+
+
+def concurrency(spans: list[tuple[int, int, bool]]) -> dict[str, int]:
+  """Wall ns from the first start to the last end, split by what ran: spans are
+  (start, end, is_matmul). "alone" means the only op running (it may still use every
+  core: XLA:CPU parallelises GEMMs and loop fusions inside one op)."""
+  points = sorted([(s, 1, m) for s, _, m in spans] + [(e, -1, m) for _, e, m in spans])
+  out = dict.fromkeys(WALL_KINDS, 0)
+  running = {True: 0, False: 0}
+  last = points[0][0] if points else 0
+  for t, delta, is_matmul in points:
+    mm, other = running[True], running[False]
+    kind = ("nothing" if mm + other == 0 else
+            "matmuls side by side" if mm >= 2 else
+            "a matmul beside other ops" if mm == 1 and other else
+            "a matmul alone" if mm == 1 else
+            "other ops side by side" if other >= 2 else "an other op alone")
+    out[kind] += t - last
+    running[is_matmul] += delta
+    last = t
+  return out
+
+
+def wall_breakdown(trace_dir: str, hlo_text: str, steps: int) -> dict[str, float]:
+  """ms per step of the traced wall time, by what was running (WALL_KINDS)."""
+  starts, ends = _trace_events(trace_dir)
+  inst, comps = _instructions(hlo_text)
+  spans = []
+  for name, evs in starts.items():
+    is_matmul = _describe(name, inst, comps)[1] > 0
+    spans += [(s, e, is_matmul) for s, e in _intervals(name, evs, ends.get(name, []), inst)[1]]
+  return {k: v / 1e6 / steps for k, v in concurrency(spans).items()}
+
+
+def format_breakdown(wall: dict[str, float]) -> str:
+  total = sum(wall.values()) or 1.0
+  parts = ", ".join(f"{k} {v:.1f} ms ({100 * v / total:.0f}%)" for k, v in wall.items())
+  return f"traced wall time per step by what ran: {parts}"
 
 
 def summarize(rows: list[OpRow], top: int) -> str:

@@ -48,6 +48,10 @@ def test_benchmark_op_profile_names_the_matmuls(tmp_path):
   # Synchronous ops run on XLA:CPU's 2 pool threads or the launching thread, one at a time each;
   # an asynchronous op (launch -> completion) lies within one traced step.
   traced_ms = r["op_profile_traced_step_ms"]
+  # the traced wall time split by what ran covers the traced steps (first op to last, so a bit less)
+  wall = r["op_profile_wall_ms"]
+  assert all(v >= 0 for v in wall.values()) and 0 < sum(wall.values()) <= 1.01 * traced_ms
+  assert "traced wall time per step by what ran" in stdout
   assert sum(row["ms_per_step"] for row in rows if not row["async_op"]) <= 3 * traced_ms
   assert all(row["ms_per_step"] <= traced_ms for row in rows if row["async_op"])
   matmuls = [row for row in rows if row["gflop"] > 0]
