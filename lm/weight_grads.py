@@ -107,9 +107,13 @@ def _transposed_input_grad(spec: str, x: jax.Array, kernel: jax.Array, g: jax.Ar
   xs, ys, kspec = kernel_grad_plan(spec)
   n = x.shape[0]
   g2 = g.reshape(n, -1).astype(kernel.dtype)
-  w = kernel if kspec == xs + ys else _transposed_copy(kernel) if len(kspec) == 2 else \
-      jax.lax.optimization_barrier(jnp.einsum(f"{kspec}->{xs}{ys}", kernel))
-  w2 = w.reshape(-1, g2.shape[1])  # [x features, y features]
+  if kspec == xs + ys:  # the kernel is already [x features, y features]
+    w = kernel
+  elif len(kspec) == 2:  # e.g. a tied head's [vocab, d]: a copied transpose
+    w = _transposed_copy(kernel)
+  else:
+    w = jax.lax.optimization_barrier(jnp.einsum(f"{kspec}->{xs}{ys}", kernel))
+  w2 = w.reshape(-1, g2.shape[1])
   dxt = jax.lax.optimization_barrier(jnp.einsum("io,to->it", w2, g2, preferred_element_type=jnp.float32))
   return dxt.T.reshape(x.shape).astype(x.dtype)
 
