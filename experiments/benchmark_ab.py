@@ -20,7 +20,8 @@ and reports, per variant, the median over steps of its step time divided by the
 first variant's step next to it, with the quartiles of that ratio. Drift then
 hits both sides of every pair, so differences of about 1% are resolved where
 separate runs need 5-15% (experiments/BENCHMARKS.md). Its variants may only set
-config fields (`--config.model.x=v`); code versions need separate runs.
+config fields (`--config.model.x=v`) or pass XLA options to their compile
+(`--xla_cpu_prefer_vector_width=512`); code versions need separate runs.
 """
 from __future__ import annotations
 
@@ -43,7 +44,8 @@ _COMMON = flags.DEFINE_string("benchmark_flags", "", "More benchmark.py flags fo
 _OUT = flags.DEFINE_string("out", "", "Write the runs and the summary as JSON here.")
 _INTERLEAVE = flags.DEFINE_bool(
     "interleave", False, "Compare config variants in one process, alternating single steps "
-    "(--steps pairs); variants and --benchmark_flags may only hold --config.* and --matmul_n.")
+    "(--steps pairs); variants and --benchmark_flags may only hold --config.*, XLA options "
+    "(--xla_NAME=VALUE, for that variant's compile) and --matmul_n.")
 
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -96,20 +98,35 @@ def compare(config: str, variants: list[tuple[str, str, list[str]]], rounds: int
   return {"config": config, "rounds": rounds, "steps": steps, "runs": runs, "summary": summary}
 
 
-def split_interleaved_args(variant: str, args: list[str]) -> tuple[dict, int | None]:
-  """({dotted config field: value text}, --matmul_n or None) of an interleaved variant's args."""
-  overrides, matmul_n = {}, None
+def split_interleaved_args(variant: str, args: list[str]) -> tuple[dict, dict, int | None]:
+  """({dotted config field: value text}, {XLA option: value}, --matmul_n or None) of an
+  interleaved variant's args."""
+  overrides, xla_options, matmul_n = {}, {}, None
   for arg in args:
     key, sep, value = arg.partition("=")
     if sep and key.startswith("--config."):
       overrides[key[len("--config."):]] = value
+    elif sep and key.startswith("--xla_"):
+      xla_options[key[2:]] = _option_value(value)
     elif sep and key == "--matmul_n":
       matmul_n = int(value)
     else:
-      raise ValueError(f"--variant {variant!r}: {arg!r} is not a --config.FIELD=VALUE override; "
-                       "--interleave compares config variants only (drop --interleave to compare "
-                       "other benchmark flags or checkouts)")
-  return overrides, matmul_n
+      raise ValueError(f"--variant {variant!r}: {arg!r} is neither a --config.FIELD=VALUE override "
+                       "nor an XLA option --xla_NAME=VALUE; --interleave compares those only (drop "
+                       "--interleave to compare other benchmark flags or checkouts)")
+  return overrides, xla_options, matmul_n
+
+
+def _option_value(text: str):
+  """An XLA option's value: a bool, an int, a float or a string."""
+  if text.lower() in ("true", "false"):
+    return text.lower() == "true"
+  for kind in (int, float):
+    try:
+      return kind(text)
+    except ValueError:
+      pass
+  return text
 
 
 def _parse_value(field: str, old, text: str):
@@ -155,8 +172,10 @@ def load_config(path: str):
   return module.get_config()
 
 
-def interleaved(cfgs: dict, steps: int, warmup: int = 3, matmul_n: int = 2048, log=print) -> dict:
-  """Compile every variant's train step in this process, then alternate single steps."""
+def interleaved(cfgs: dict, steps: int, warmup: int = 3, matmul_n: int = 2048, log=print,
+                xla_options: dict | None = None) -> dict:
+  """Compile every variant's train step in this process (with its XLA options, if any), then
+  alternate single steps."""
   import jax
   import numpy as np
 
@@ -165,7 +184,7 @@ def interleaved(cfgs: dict, steps: int, warmup: int = 3, matmul_n: int = 2048, l
 
   built = {}
   for name, cfg in cfgs.items():
-    built[name] = build_train_step(cfg)
+    built[name] = build_train_step(cfg, (xla_options or {}).get(name) or None)
     log(f"{name:<16} compiled in {built[name].compile_s:.2f} s")
   for b in built.values():
     for _ in range(warmup):
@@ -193,22 +212,29 @@ def _main_interleaved(variants, common):
   try:
     if _STEPS.value < 2:
       raise ValueError("--steps must be at least 2 with --interleave (it pairs steps)")
-    common_overrides, common_n = split_interleaved_args("--benchmark_flags", common)
+    common_overrides, common_xla, common_n = split_interleaved_args("--benchmark_flags", common)
     base = load_config(_CONFIG.value)
-    cfgs, matmul_n = {}, common_n or 2048
+    cfgs, xla_options, matmul_n = {}, {}, common_n or 2048
     for name, directory, args in variants:
       if directory != _ROOT:
         raise ValueError(f"--variant {name!r}: --interleave runs this checkout only (no @DIR)")
-      overrides, n = split_interleaved_args(name, args)
+      overrides, options, n = split_interleaved_args(name, args)
       matmul_n = n or matmul_n
       cfgs[name] = apply_overrides(base, {**common_overrides, **overrides})
+      xla_options[name] = {**common_xla, **options}
   except ValueError as e:
     print(f"error: {e}", file=sys.stderr)
     sys.exit(2)
   from lm import host_memory
 
   host_memory.apply_config(base)  # before the backend starts
-  result = interleaved(cfgs, _STEPS.value, matmul_n=matmul_n)
+  try:
+    result = interleaved(cfgs, _STEPS.value, matmul_n=matmul_n, xla_options=xla_options)
+  except Exception as e:  # e.g. XLA refusing an unknown option, at compile time
+    if "option" not in str(e):
+      raise
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(2)
   first = next(iter(cfgs))
   print(f"\n{_STEPS.value} interleaved steps each; ratio = median over steps of the step time / "
         f"{first}'s step next to it (quartiles):")

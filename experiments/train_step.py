@@ -29,8 +29,11 @@ class BuiltStep:
     jax.block_until_ready(self.state)
 
 
-def build_train_step(cfg) -> BuiltStep:
-  """Lower and compile cfg's train step (state donated) on all devices, timing the compile."""
+def build_train_step(cfg, compiler_options: dict | None = None) -> BuiltStep:
+  """Lower and compile cfg's train step (state donated) on all devices, timing the compile.
+
+  `compiler_options`: XLA options for this compile only (e.g. {"xla_cpu_prefer_vector_width": 512}).
+  """
   import flax.linen as nn
   import jax
   import numpy as np
@@ -57,7 +60,7 @@ def build_train_step(cfg) -> BuiltStep:
                       in_shardings=(init.shardings, sharding.batch_sharding(mesh)),
                       out_shardings=(init.shardings, None), donate_argnums=0)
     t = time.perf_counter()
-    compiled = step_fn.lower(init.state, batch).compile()
+    compiled = step_fn.lower(init.state, batch).compile(compiler_options=compiler_options)
     compile_s = time.perf_counter() - t
   return BuiltStep(compiled, init.state, batch, init.num_params, compile_s, model_cfg,
                    {k: v.shape for k, v in host_batch.items()}, mesh, rules)

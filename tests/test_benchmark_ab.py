@@ -45,7 +45,8 @@ def test_bad_variants_are_refused_before_running(tmp_path, variants, named):
 def test_interleaved_variants_alternate_steps_in_one_process(tmp_path):
   out = tmp_path / "ab.json"
   p = _run([TINY[0], f"--benchmark_flags={' '.join(TINY[1:])}", "--interleave", "--steps=6",
-            "--variant=blocked:", "--variant=xla:--config.model.attention_impl=xla",
+            "--variant=blocked:",
+            "--variant=xla:--config.model.attention_impl=xla --xla_cpu_prefer_vector_width=512",
             f"--out={out}"], tmp_path)
   assert p.returncode == 0, p.stderr[-2000:]
   r = json.loads(out.read_text())
@@ -60,7 +61,7 @@ def test_interleaved_variants_alternate_steps_in_one_process(tmp_path):
 
 
 @pytest.mark.parametrize("variants,named", [
-    (["--variant=a:--nodecode", "--variant=b:"], "not a --config.FIELD=VALUE override"),
+    (["--variant=a:--nodecode", "--variant=b:"], "neither a --config.FIELD=VALUE override"),
     (["--variant=a:--config.model.no_such_field=1", "--variant=b:"], "no field 'no_such_field'"),
     (["--variant=a:--config.model.scan_layers=maybe", "--variant=b:"], "expected true or false"),
     (["--variant=a:--config.model.num_layers=two", "--variant=b:"], "expected int"),
@@ -72,3 +73,9 @@ def test_bad_interleaved_variants_are_refused_before_compiling(tmp_path, variant
   (other / "experiments" / "benchmark.py").write_text("")
   p = _run([TINY[0], "--interleave", *[v.replace("OTHER", str(other)) for v in variants]], tmp_path)
   assert p.returncode == 2 and named in p.stderr, p.stderr[-2000:]
+
+
+def test_an_unknown_xla_option_is_refused_with_xlas_message(tmp_path):
+  p = _run([TINY[0], f"--benchmark_flags={' '.join(TINY[1:])}", "--interleave", "--steps=2",
+            "--variant=a:", "--variant=b:--xla_no_such_option=1"], tmp_path)
+  assert p.returncode == 2 and "xla_no_such_option" in p.stderr, p.stderr[-2000:]
