@@ -32,13 +32,15 @@ class BuiltStep:
 def build_train_step(cfg, compiler_options: dict | None = None) -> BuiltStep:
   """Lower and compile cfg's train step (state donated) on all devices, timing the compile.
 
-  `compiler_options`: XLA options for this compile only (e.g. {"xla_cpu_prefer_vector_width": 512}).
+  `compiler_options`: XLA options for this compile only (e.g. {"xla_cpu_prefer_vector_width": 512}),
+  on top of those of cfg.model.matmul_library (lm/compile_options.py).
   """
   import flax.linen as nn
   import jax
   import numpy as np
 
   from lm import sharding
+  from lm.compile_options import compile_lowered, model_compiler_options
   from lm.steps import make_train_step
   from lm.train import init_train_state, setup_run
 
@@ -60,7 +62,8 @@ def build_train_step(cfg, compiler_options: dict | None = None) -> BuiltStep:
                       in_shardings=(init.shardings, sharding.batch_sharding(mesh)),
                       out_shardings=(init.shardings, None), donate_argnums=0)
     t = time.perf_counter()
-    compiled = step_fn.lower(init.state, batch).compile(compiler_options=compiler_options)
+    options = {**(model_compiler_options(model_cfg) or {}), **(compiler_options or {})}
+    compiled = compile_lowered(step_fn.lower(init.state, batch), options or None)
     compile_s = time.perf_counter() - t
   return BuiltStep(compiled, init.state, batch, init.num_params, compile_s, model_cfg,
                    {k: v.shape for k, v in host_batch.items()}, mesh, rules)

@@ -52,6 +52,9 @@ class ModelConfig:
   # Kernel gradients of dense layers and tied logits: "auto" (on CPU a plain GEMM on a copied
   # transpose, lm/weight_grads.py; autodiff elsewhere) | "xla" (autodiff) | "transposed"
   weight_grad_impl: str = "auto"
+  # The library XLA:CPU runs matmuls with: "auto" (oneDNN on CPU, XLA's default elsewhere) |
+  # "onednn" (CPU only) | "xla" (XLA's default: YNNPACK and Eigen); lm/compile_options.py
+  matmul_library: str = "auto"
   remat_policy: str = "none"  # "none" | "full" | "dots_saveable" | "save_attention_out"
   dtype: str = "float32"  # compute dtype
   param_dtype: str = "float32"
@@ -211,7 +214,7 @@ RESUMABLE_FIELDS = frozenset({
     "train.checkpoint_every", "train.keep_checkpoints",
     "mesh.data", "mesh.fsdp", "mesh.tensor", "data.data_dir",
     "model.scan_layers", "model.scan_unroll", "model.attention_impl", "model.attention_block_size",
-    "model.weight_grad_impl",
+    "model.weight_grad_impl", "model.matmul_library",
     "model.remat_policy", "train.log_layer_norms",
     "train.peak_flops_per_device", "train.reuse_host_memory",
 })

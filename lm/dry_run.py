@@ -15,6 +15,7 @@ import ml_collections
 import numpy as np
 
 from lm import sharding
+from lm.compile_options import compile_lowered, model_compiler_options
 from lm.metrics import step_cost
 from lm.steps import make_train_step
 from lm.train import abstract_train_state, setup_run
@@ -44,7 +45,7 @@ def dry_run(cfg: ml_collections.ConfigDict, devices: Sequence[jax.Device] | None
     batch = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=batch_sh), example)
     step_fn = jax.jit(make_train_step(objective, model, tx, schedule, cfg.train, cfg.seed),
                       in_shardings=(state_sh, batch_sh), out_shardings=(state_sh, None), donate_argnums=0)
-    compiled = step_fn.lower(abstract, batch).compile()
+    compiled = compile_lowered(step_fn.lower(abstract, batch), model_compiler_options(model_cfg))
   mem = compiled.memory_analysis()
   params_b = _bytes_per_device(abstract.params)
   opt_b = _bytes_per_device(abstract.opt_state)

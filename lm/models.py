@@ -28,6 +28,7 @@ import numpy as np
 
 from lm.attention import ATTENTION_IMPLS, make_attention_mask
 from lm.weight_grads import WEIGHT_GRAD_IMPLS
+from lm.compile_options import MATMUL_LIBRARIES
 from lm.config import ConfigError, ModelConfig
 from lm.layers import NORMS, VALID_DTYPES, Einsum, Embed, fan_in_init, make_norm
 from lm.transformer import REMAT_POLICIES, TransformerStack, default_positions, embed_tokens
@@ -180,6 +181,7 @@ def validate_model_config(cfg: Any) -> None:
   _choice("remat_policy", cfg.remat_policy, REMAT_POLICIES)
   _choice("attention_impl", cfg.attention_impl, ATTENTION_IMPLS)
   _choice("weight_grad_impl", cfg.weight_grad_impl, WEIGHT_GRAD_IMPLS)
+  _choice("matmul_library", cfg.matmul_library, MATMUL_LIBRARIES)
   if not isinstance(cfg.scan_unroll, int) or cfg.scan_unroll < 0:
     raise ConfigError(f"model.scan_unroll={cfg.scan_unroll!r} must be an integer >= 0 "
                       "(layers per scan iteration; 0 = auto).")

@@ -30,6 +30,8 @@ import optax
 
 from lm import layout, sharding, warm_start
 from lm.checkpoint import Checkpointer
+from lm import compile_options
+from lm.compile_options import model_compiler_options
 from lm.config import ConfigError, ModelConfig, config_diff, validate, with_model_defaults
 from lm.metrics import MetricsWriter, peak_flops, step_cost
 from lm.objectives import get_objective
@@ -40,7 +42,7 @@ log = logging.getLogger(__name__)
 
 # Model fields that may differ between a checkpoint and the model restoring it.
 LAYOUT_ONLY_MODEL_FIELDS = frozenset({"scan_layers", "scan_unroll", "attention_impl",
-                                      "attention_block_size", "weight_grad_impl",
+                                      "attention_block_size", "weight_grad_impl", "matmul_library",
                                       "remat_policy", "dtype"})
 
 
@@ -337,9 +339,11 @@ def train(cfg: ml_collections.ConfigDict, workdir: str,
       writer.truncate_after(restored_step)
     start_step = int(jax.device_get(state.step))
 
-    step_fn = jax.jit(make_train_step(objective, model, tx, schedule, cfg.train, cfg.seed),
-                      in_shardings=(state_sh, batch_sh), out_shardings=(state_sh, None), donate_argnums=0)
-    eval_fn = jax.jit(make_eval_step(objective, model, data.tokenizer.token_bytes()))
+    options = model_compiler_options(model_cfg)
+    step_fn = compile_options.jit(make_train_step(objective, model, tx, schedule, cfg.train, cfg.seed),
+                                  options, in_shardings=(state_sh, batch_sh),
+                                  out_shardings=(state_sh, None), donate_argnums=0)
+    eval_fn = compile_options.jit(make_eval_step(objective, model, data.tokenizer.token_bytes()), options)
     track = jax.jit(track_nonfinite, static_argnums=())
     first_bad, num_bad = jnp.array(-1, jnp.int32), jnp.array(0, jnp.int32)
 

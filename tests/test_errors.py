@@ -42,9 +42,10 @@ def _snapshot(d):
     ({"model.weight_grad_impl": "fast"}, 1, ["model.weight_grad_impl", "transposed"]),
     ({"model.scan_unroll": -1}, 1, ["model.scan_unroll", "0 = auto"]),
     ({"model.attention_block_size": -64}, 1, ["model.attention_block_size", "0 = one block"]),
+    ({"model.matmul_library": "mkl"}, 1, ["model.matmul_library", "onednn"]),
 ], ids=["heads_vs_d_model", "heads_vs_kv_heads", "mesh_product", "batch_vs_dp", "seq_len", "missing_dataset",
         "empty_glob", "attention_impl_name", "cudnn_without_gpu", "weight_grad_impl_name",
-        "scan_unroll_negative", "attention_block_size_negative"])
+        "scan_unroll_negative", "attention_block_size_negative", "matmul_library_name"])
 def test_config_errors(tmp_path, data_dir, overrides, devices, expected):
   wd = tmp_path / "run"
   with pytest.raises(ConfigError) as e:
