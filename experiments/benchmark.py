@@ -86,6 +86,7 @@ def benchmark_train_step(cfg, steps: int, warmup: int, compile_only: bool = Fals
   import flax.linen as nn
   import jax
 
+  from lm.compile_options import model_compiler_options
   from lm.metrics import step_cost
 
   devices = jax.devices()
@@ -113,6 +114,8 @@ def benchmark_train_step(cfg, steps: int, warmup: int, compile_only: bool = Fals
   flops_tok = flops / tokens
   return {
       "num_params": built.num_params,
+      "matmul_library": model_cfg.matmul_library,
+      "matmul_compiler_options": model_compiler_options(model_cfg) or {},
       "flops_per_token": flops_tok,
       "compile_s": built.compile_s,
       "step_time_s": step_s,
@@ -153,6 +156,9 @@ def format_table(r: dict) -> str:
       ("peak memory", f"{r['peak_memory_gib']:.2f} GiB ({r['memory_source']})"),
       ("reuse host memory", str(r.get("reuse_host_memory", False))),
   ]
+  if "matmul_library" in r:
+    used = "oneDNN" if r.get("matmul_compiler_options") else "XLA's default"
+    rows.append(("matmul library", f"{r['matmul_library']} ({used})"))
   for k, v in r.get("decode", {}).items() if isinstance(r.get("decode"), dict) else []:
     rows.append((k, f"{v:,.1f}" if isinstance(v, float) else str(v)))
   width = max(len(k) for k, _ in rows)

@@ -31,6 +31,7 @@ def test_benchmark_reports_throughput_mfu_and_decode(tmp_path):
   assert r["mfu"] == pytest.approx(r["achieved_flops"] / r["peak_flops"])
   assert 0 < r["mfu"] < 1.5 and r["peak_source"]
   assert r["step_time_min_s"] <= r["step_time_s"]
+  assert r["matmul_library"] == "auto" and "matmul library" in stdout
   assert r["decode"]["decode_kv_cache_speedup"] > 0 and r["decode"]["decode_tokens_per_s_kv_cache"] > 0
 
 
