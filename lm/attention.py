@@ -234,7 +234,8 @@ def _fused_projection(x_BLD: jax.Array, projections, cfg: ModelConfig) -> jax.Ar
   input gradient is one GEMM instead of three and their sum."""
   dtype = compute_dtype(cfg)
   kernel = jnp.concatenate([p.kernel.astype(dtype) for p in projections], axis=1)
-  qkv_BLNK = token_einsum("bld,dnk->blnk", x_BLD.astype(dtype), kernel, cfg.weight_grad_impl)
+  qkv_BLNK = token_einsum("bld,dnk->blnk", x_BLD.astype(dtype), kernel, cfg.weight_grad_impl,
+                          matmul_library=cfg.matmul_library)
   if projections[0].bias is not None:
     qkv_BLNK = qkv_BLNK + jnp.concatenate([p.bias.astype(dtype) for p in projections], axis=0)
   return qkv_BLNK

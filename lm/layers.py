@@ -44,13 +44,15 @@ def out_proj_scale(cfg: ModelConfig) -> float:
   return 1.0 / (2.0 * cfg.num_layers)
 
 
-def token_einsum(spec: str, x, kernel, weight_grad_impl: str = "xla", preferred_element_type=None):
+def token_einsum(spec: str, x, kernel, weight_grad_impl: str = "xla", preferred_element_type=None,
+                 matmul_library: str = "xla"):
   """einsum of [B, L, ...] activations with a kernel, run as one [B*L, ...] matmul.
 
   XLA:CPU turns a weight gradient that contracts two token dims (b, l) into explicit
   transposes of the activation and the incoming gradient; with the token dims merged
   into one, forward and both backward matmuls are plain GEMMs on row-major operands.
   `weight_grad_impl` (cfg.weight_grad_impl) picks how the kernel gradient is computed
+  and `matmul_library` (cfg.matmul_library) tells which GEMM forms are fast
   (lm/weight_grads.py).
   """
   lhs, rest = spec.split(",")
@@ -60,7 +62,7 @@ def token_einsum(spec: str, x, kernel, weight_grad_impl: str = "xla", preferred_
     return jnp.einsum(spec, x, kernel, preferred_element_type=preferred_element_type)
   n = x.shape[0] * x.shape[1]
   y = token_matmul(f"{b}{lhs[2:]},{kspec}->{b}{out[2:]}", x.reshape((n,) + x.shape[2:]), kernel,
-                   weight_grad_impl, preferred_element_type)
+                   weight_grad_impl, preferred_element_type, matmul_library)
   return y.reshape(x.shape[:2] + y.shape[1:])
 
 
@@ -94,7 +96,7 @@ class Einsum(nn.Module):
   def __call__(self, x):
     dtype = compute_dtype(self.cfg)
     y = token_einsum(self.spec, x.astype(dtype), self.kernel.astype(dtype),
-                     self.cfg.weight_grad_impl)
+                     self.cfg.weight_grad_impl, matmul_library=self.cfg.matmul_library)
     if self.bias is not None:
       y = y + self.bias.astype(dtype)
     return y
@@ -245,4 +247,5 @@ class Embed(nn.Module):
     """Logits x @ table^T, accumulated and returned in float32."""
     dtype = compute_dtype(self.cfg)
     return token_einsum("bld,vd->blv", x_BLD.astype(dtype), self.embedding.astype(dtype),
-                        self.cfg.weight_grad_impl, preferred_element_type=jnp.float32)
+                        self.cfg.weight_grad_impl, preferred_element_type=jnp.float32,
+                        matmul_library=self.cfg.matmul_library)

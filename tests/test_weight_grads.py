@@ -134,3 +134,28 @@ def test_layer_input_is_transposed_apart_from_its_layernorm():
   assert transposing, "expected a transposing copy of the norm's output"
   for body in transposing:
     assert not re.search(r" (?:multiply|subtract|add)\(%", body), body
+
+
+@pytest.mark.skipif(jax.default_backend() != "cpu", reason="the oneDNN library is a CPU option")
+def test_head_input_gradient_form_follows_the_matmul_library(monkeypatch):
+  """The head's input gradient is computed transposed where XLA's default library runs the
+  matmuls, and by autodiff where oneDNN does (faster there); the gradients are the same."""
+  from lm import weight_grads
+  from lm.compile_options import onednn_available
+
+  if not onednn_available():
+    pytest.skip("this jaxlib refuses the oneDNN options")
+  calls = []
+  original = weight_grads._transposed_input_grad
+  monkeypatch.setattr(weight_grads, "_transposed_input_grad",
+                      lambda *a: calls.append(1) or original(*a))
+  rng = np.random.default_rng(0)
+  x = jnp.asarray(rng.standard_normal((64, 16)), jnp.float32)
+  table = jnp.asarray(rng.standard_normal((256, 16)), jnp.float32)  # vocab 16x wider than x
+  grads = {}
+  for library in ("xla", "onednn"):
+    calls.clear()
+    grads[library] = jax.grad(lambda x: jnp.sum(jnp.sin(token_matmul(
+        "bd,vd->bv", x, table, "transposed", matmul_library=library))))(x)
+    assert bool(calls) == (library == "xla"), library
+  np.testing.assert_allclose(grads["onednn"], grads["xla"], rtol=1e-4, atol=1e-5)
