@@ -50,7 +50,36 @@ def check_family(objective: str, family: str) -> None:
 
 def token_losses(logits_BLV: jax.Array, targets_BL: jax.Array) -> jax.Array:
   """Per-token negative log-likelihood in nats, in float32."""
-  return optax.softmax_cross_entropy_with_integer_labels(logits_BLV.astype(jnp.float32), targets_BL)
+  return softmax_cross_entropy(logits_BLV, targets_BL)
+
+
+@jax.custom_vjp
+def softmax_cross_entropy(logits, targets):
+  """logsumexp(logits) - logits[target] over the last dim, float32; the gradient
+  recomputes the softmax from the logits instead of keeping it."""
+  return _softmax_cross_entropy_fwd(logits, targets)[0]
+
+
+def _softmax_cross_entropy_fwd(logits, targets):
+  x = logits.astype(jnp.float32)
+  # Shifted by the row max, kept apart from it: m + log(sum) would round at large |m|.
+  m = jax.lax.stop_gradient(jnp.max(x, axis=-1, keepdims=True))
+  log_sum = jnp.log(jnp.sum(jnp.exp(x - m), axis=-1, keepdims=True))
+  target_logit = jnp.take_along_axis(x, targets[..., None], axis=-1)
+  return (log_sum - (target_logit - m))[..., 0], (logits, targets, m, log_sum)
+
+
+def _softmax_cross_entropy_bwd(residuals, g):
+  logits, targets, m, log_sum = residuals
+  x = logits.astype(jnp.float32)
+  onehot = jax.lax.broadcasted_iota(targets.dtype, x.shape, x.ndim - 1) == targets[..., None]
+  # x - (m + log_sum), not (x - m) - log_sum: XLA would share x - m with the forward
+  # and write it out (a pass over [tokens, vocab]) for this pass to read.
+  dx = (jnp.exp(x - (m + log_sum)) - onehot.astype(jnp.float32)) * g[..., None]
+  return dx.astype(logits.dtype), None
+
+
+softmax_cross_entropy.defvjp(_softmax_cross_entropy_fwd, _softmax_cross_entropy_bwd)
 
 
 def _correct(logits_BLV: jax.Array, targets_BL: jax.Array) -> jax.Array:

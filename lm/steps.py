@@ -38,6 +38,27 @@ def make_optimizer(train_cfg: Any) -> tuple[optax.GradientTransformation, optax.
   return optax.chain(*parts), schedule
 
 
+def update_if_finite(tx: optax.GradientTransformation, finite: jax.Array, grads: Any, params: Any,
+                     opt_state: Any) -> tuple[Any, Any]:
+  """(params, opt_state) after tx's update where `finite`, else the inputs unchanged.
+
+  On CPU a conditional: selecting between the new and the old state element-wise
+  makes XLA:CPU recompute the new moments inside the params' update and so copy
+  every old moment first (ref_tiny: 22 copies, about 5 ms of a 330 ms step). Inside
+  a conditional each buffer is updated in place. Elsewhere the element-wise select
+  (a conditional on GPU waits for its predicate on the host).
+  """
+  def update(params, opt_state, grads):
+    updates, new_opt_state = tx.update(grads, opt_state, params)
+    return optax.apply_updates(params, updates), new_opt_state
+
+  if jax.default_backend() == "cpu":
+    return jax.lax.cond(finite, update, lambda p, o, g: (p, o), params, opt_state, grads)
+  new_params, new_opt_state = update(params, opt_state, grads)
+  keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
+  return keep(new_params, params), keep(new_opt_state, opt_state)
+
+
 def _split_microbatches(batch: dict, k: int) -> dict:
   """[B, ...] -> [k, B/k, ...] with microbatch j = rows j, j+k, ...: every device keeps its rows."""
   def split(x):
@@ -106,10 +127,7 @@ def make_train_step(objective, model: nn.Module, tx: optax.GradientTransformatio
 
     grad_norm = optax.global_norm(grads)
     finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
-    updates, opt_state = tx.update(grads, state.opt_state, state.params)
-    new_params = optax.apply_updates(state.params, updates)
-    keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
-    params, opt_state = keep(new_params, state.params), keep(opt_state, state.opt_state)
+    params, opt_state = update_if_finite(tx, finite, grads, state.params, state.opt_state)
     metrics = {
         "loss": loss,
         "grad_norm": grad_norm,
