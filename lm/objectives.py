@@ -28,7 +28,6 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import optax
 
 from lm.config import ConfigError, ModelConfig
 
