@@ -32,6 +32,7 @@ from lm.compile_options import MATMUL_LIBRARIES
 from lm.config import ConfigError, ModelConfig
 from lm.layers import NORMS, VALID_DTYPES, Einsum, Embed, fan_in_init, make_norm
 from lm.transformer import REMAT_POLICIES, TransformerStack, default_positions, embed_tokens
+from lm.unfused import materialized
 
 FAMILIES = ("decoder", "encoder", "encoder_decoder")
 POSITIONS = ("rope", "learned", "sinusoidal", "relative")
@@ -100,7 +101,9 @@ class DecoderLM(nn.Module):
                             cache_index=cache["index"], kv_positions_BS=cache["positions"])
       cache = dict(cache, k=k, v=v, index=cache["index"] + tokens_BL.shape[1])
     if cfg.norm_placement == "pre":
-      x_BLD = make_norm(cfg, "final_norm")(x_BLD)
+      # On CPU, YNNPACK would fuse the norm's reductions into the last layer's
+      # down-projection GEMM and run it slower than oneDNN does (lm/unfused.py).
+      x_BLD = make_norm(cfg, "final_norm")(materialized(x_BLD))
     logits_BLV = lm_logits(cfg, embed, x_BLD)
     return logits_BLV if cache is None else (logits_BLV, cache)
 

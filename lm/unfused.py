@@ -8,10 +8,13 @@ are the same (the predicate only has to be opaque to the compiler), so fn reads
 materialised arguments and its result is materialised once.
 
 Uses, measured in experiments/BENCHMARKS.md: RoPE's cos/sin tables, computed once
-instead of inside every consumer (lm/rope.py), and the transposed copy of a layer
+instead of inside every consumer (lm/rope.py); the transposed copy of a layer
 input for its kernel gradient, which XLA otherwise fuses with the LayerNorm that
 produced the input: a transposing loop that recomputes the norm per element runs
-at a fraction of a plain transpose's speed (lm/weight_grads.py).
+at a fraction of a plain transpose's speed (lm/weight_grads.py); and the decoder's
+output before the final norm (`materialized`, lm/models.py), whose norm reductions
+YNNPACK otherwise fuses with the last layer's down-projection GEMM, taking it
+from oneDNN and running it about 40% slower.
 
 Elsewhere (GPU, TPU) `apart` calls fn directly: a conditional there can cost a
 device-to-host sync for the predicate, and their fusion heuristics differ.
@@ -28,3 +31,12 @@ def apart(fn, *args):
     return fn(*args)
   opaque = leaves[0].reshape(-1)[0]
   return jax.lax.cond(opaque > 0, fn, fn, *args)
+
+
+def materialized(x):
+  """x as a buffer of its own on CPU: x's producer is not fused into x's consumers.
+
+  The conditional copies x (a pass over it); an identity branch would not do, JAX
+  forwards a conditional's pass-through outputs and drops the conditional.
+  """
+  return apart(lambda a: jax.numpy.copy(a), x)

@@ -278,3 +278,29 @@ def test_configs_saved_before_the_interop_fields_still_match(tmp_path):
   assert check_existing_config(str(tmp_path), config) == {}
   with pytest.raises(ConfigError, match="model.output_scale"):
     check_checkpoint_model({"model": model}, ModelConfig(output_scale=0.5), "an older run")
+
+
+@pytest.mark.skipif(jax.default_backend() != "cpu", reason="a CPU fusion decision")
+def test_final_norm_reads_the_decoder_output_materialised():
+  """No compiled fusion holds both a plain GEMM and a reduction: YNNPACK fused the final
+  norm's reductions into the last layer's down-projection, taking that GEMM from oneDNN
+  (about 40% slower on ref_tiny); lm/unfused.py `materialized` keeps them apart."""
+  import re
+
+  from lm.compile_options import matmul_compiler_options
+
+  # ref_tiny's widths (the fusion depends on sizes); compiled only, never run.
+  cfg = small_cfg(d_model=256, mlp_dim=1024, num_layers=1, num_heads=4, num_kv_heads=4,
+                  vocab_size=512, max_len=128, norm="layernorm", mlp_activation="gelu")
+  params = jax.eval_shape(DecoderLM(cfg).init, jax.random.key(0), tokens())["params"]
+
+  def loss(params, toks):
+    return jnp.sum(DecoderLM(cfg).apply({"params": params}, toks) ** 2)
+
+  toks = jax.ShapeDtypeStruct((32, 128), jnp.int32)
+  hlo = jax.jit(jax.grad(loss), compiler_options=matmul_compiler_options("auto", "cpu")).lower(
+      nn.unbox(params), toks).compile().as_text()
+  bodies = re.findall(r"^%?([\w.\-]+) [^\n]*\{\n(.*?)\n\}", hlo, re.S | re.M)
+  plain_dot = re.compile(r" dot\((?![^\n]*lhs_batch_dims)")
+  mixed = [name for name, body in bodies if plain_dot.search(body) and " reduce(" in body]
+  assert not mixed, mixed
