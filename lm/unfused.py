@@ -11,10 +11,10 @@ Uses, measured in experiments/BENCHMARKS.md: RoPE's cos/sin tables, computed onc
 instead of inside every consumer (lm/rope.py); the transposed copy of a layer
 input for its kernel gradient, which XLA otherwise fuses with the LayerNorm that
 produced the input: a transposing loop that recomputes the norm per element runs
-at a fraction of a plain transpose's speed (lm/weight_grads.py); and the decoder's
-output before the final norm (`materialized`, lm/models.py), whose norm reductions
-YNNPACK otherwise fuses with the last layer's down-projection GEMM, taking it
-from oneDNN and running it about 40% slower.
+at a fraction of a plain transpose's speed (lm/weight_grads.py, via `materialized`);
+and the decoder's output before the final norm (`materialized`, lm/models.py), whose
+norm reductions YNNPACK otherwise fuses with the last layer's down-projection GEMM,
+taking it from oneDNN and running it about 40% slower.
 
 Elsewhere (GPU, TPU) `apart` calls fn directly: a conditional there can cost a
 device-to-host sync for the predicate, and their fusion heuristics differ.
@@ -34,9 +34,13 @@ def apart(fn, *args):
 
 
 def materialized(x):
-  """x as a buffer of its own on CPU: x's producer is not fused into x's consumers.
+  """x as a buffer on CPU that x's consumers read: x's producer is not fused into them.
 
-  The conditional copies x (a pass over it); an identity branch would not do, JAX
-  forwards a conditional's pass-through outputs and drops the conditional.
+  Free: XLA drops the copy inside the branches, and the result aliases x's buffer.
+  The copy is there for JAX, which forwards a conditional's pass-through outputs
+  and would drop an identity conditional. Transpose a materialized value rather than
+  transposing inside `apart`: layout assignment turns a transpose inside the
+  conditional into a bitcast and a layout-changing copy after it, which XLA:CPU runs
+  slower than a transpose (lm/weight_grads.py).
   """
   return apart(lambda a: jax.numpy.copy(a), x)

@@ -22,7 +22,7 @@ import functools
 import jax
 import jax.numpy as jnp
 
-from lm.unfused import apart
+from lm.unfused import materialized
 
 WEIGHT_GRAD_IMPLS = ("auto", "xla", "transposed")
 
@@ -56,12 +56,15 @@ def _transposed_copy(a: jax.Array, apart_from_producer: bool = False) -> jax.Arr
 
   `apart_from_producer` transposes a materialised `a` (lm/unfused.py): for a layer input,
   whose producer is typically a LayerNorm that XLA would otherwise recompute inside the
-  transposing loop (ref_tiny: about 1 ms per copy instead of 0.2-0.5). Output
-  gradients are left to XLA: their producers are cheap to fuse, and a separate copy
-  of them measured slower.
+  transposing loop (ref_tiny: about 1 ms per copy instead of 0.2-0.5). The transpose
+  is taken outside the conditional, so XLA:CPU emits it as a transpose. Taken inside,
+  layout assignment turned it into a bitcast and a layout-changing copy after the
+  conditional, which runs slower (ref_tiny's step: 0.45-0.95 vs 0.17-0.5 ms per copy).
+  Output gradients are left to XLA: their producers are cheap to fuse, and a separate
+  copy of them measured slower.
   """
   if apart_from_producer:
-    return jax.lax.optimization_barrier(apart(jnp.transpose, a))
+    a = materialized(a)
   return jax.lax.optimization_barrier(jax.lax.optimization_barrier(a).T)
 
 
