@@ -11,6 +11,7 @@ Names used here:
 """
 from __future__ import annotations
 
+import functools
 from typing import Callable, Sequence
 
 import flax.linen as nn
@@ -18,6 +19,7 @@ import jax
 import jax.numpy as jnp
 
 from lm.config import ModelConfig
+from lm.unfused import materialized
 from lm.weight_grads import token_matmul
 
 VALID_DTYPES = ("float32", "bfloat16", "float16")
@@ -131,13 +133,47 @@ class LayerNorm(nn.Module):
     return layer_norm(x_BLD, scale_D, bias_D, self.cfg.norm_eps).astype(compute_dtype(self.cfg))
 
 
+@functools.partial(jax.custom_vjp, nondiff_argnums=(3,))
 def layer_norm(x, scale, bias, eps: float):
-  """(x - mean) / std * scale + bias over the last dim, in float32."""
-  x = x.astype(jnp.float32)
+  """(x - mean) / std * scale + bias over the last dim, in float32.
+
+  Its own gradient keeps x and two numbers per row. Autodiff kept [..., D]
+  broadcasts of 1/std and of the scale, plus the normalised x: three extra arrays of
+  x's size per norm, written in the forward and read back. The row statistics (mean
+  and 1/std forward, the two row means backward) are `materialized`, so that
+  XLA:CPU's YNNPACK reduce fusions end at them and do not write them broadcast
+  either (lm/unfused.py; ref_tiny x0.995, ref_small x0.996 in-process).
+  """
+  return _layer_norm_fwd(x, scale, bias, eps)[0]
+
+
+def _row_stats(x, eps):
   mean = jnp.mean(x, axis=-1, keepdims=True)
-  var = jnp.mean(jnp.square(x - mean), axis=-1, keepdims=True)
-  x = (x - mean) * jax.lax.rsqrt(var + eps)
-  return x * scale.astype(jnp.float32) + bias.astype(jnp.float32)
+  return mean, jax.lax.rsqrt(jnp.mean(jnp.square(x - mean), axis=-1, keepdims=True) + eps)
+
+
+def _layer_norm_fwd(x, scale, bias, eps):
+  xf = x.astype(jnp.float32)
+  mean, rstd = materialized(_row_stats(xf, eps))
+  y = (xf - mean) * rstd * scale.astype(jnp.float32) + bias.astype(jnp.float32)
+  return y, (x, mean, rstd, scale, bias)
+
+
+def _layer_norm_bwd(eps, residuals, g):
+  x, mean, rstd, scale, bias = residuals
+  g = g.astype(jnp.float32)
+  x_hat = (x.astype(jnp.float32) - mean) * rstd
+  g_scaled = g * scale.astype(jnp.float32)
+  # dx = (g_s - mean(g_s) - x_hat * mean(g_s * x_hat)) / std, with g_s = g * scale
+  mean_g, mean_gx = materialized((jnp.mean(g_scaled, axis=-1, keepdims=True),
+                                  jnp.mean(g_scaled * x_hat, axis=-1, keepdims=True)))
+  dx = rstd * (g_scaled - mean_g - x_hat * mean_gx)
+  rows = tuple(range(g.ndim - 1))
+  return (dx.astype(x.dtype), jnp.sum(g * x_hat, axis=rows).astype(scale.dtype),
+          jnp.sum(g, axis=rows).astype(bias.dtype))
+
+
+layer_norm.defvjp(_layer_norm_fwd, _layer_norm_bwd)
 
 
 NORMS = {"rmsnorm": RMSNorm, "layernorm": LayerNorm}

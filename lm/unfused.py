@@ -34,7 +34,8 @@ def apart(fn, *args):
 
 
 def materialized(x):
-  """x as a buffer on CPU that x's consumers read: x's producer is not fused into them.
+  """x (an array or a pytree of them) as buffers on CPU that x's consumers read: x's
+  producer is not fused into them.
 
   Free: XLA drops the copy inside the branches, and the result aliases x's buffer.
   The copy is there for JAX, which forwards a conditional's pass-through outputs
@@ -43,4 +44,4 @@ def materialized(x):
   conditional into a bitcast and a layout-changing copy after it, which XLA:CPU runs
   slower than a transpose (lm/weight_grads.py).
   """
-  return apart(lambda a: jax.numpy.copy(a), x)
+  return apart(lambda t: jax.tree_util.tree_map(jax.numpy.copy, t), x)

@@ -2,6 +2,7 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from lm.layers import gelu_tanh
 
@@ -35,3 +36,46 @@ def test_gelu_tanh_backward_recomputes_tanh_instead_of_keeping_it():
   assert hlo.count(" tanh(") == 2  # once in the forward's fusion, once in the backward's
   # and never as a fusion's result of its own
   assert not re.search(r"ROOT %[\w.\-]+ = f32\[[\d,]*\]\{[\d,]*\} tanh\(", hlo)
+
+
+def _layer_norm_reference(x, scale, bias, eps):
+  x = x.astype(jnp.float32)
+  mean = jnp.mean(x, axis=-1, keepdims=True)
+  var = jnp.mean(jnp.square(x - mean), axis=-1, keepdims=True)
+  return (x - mean) * jax.lax.rsqrt(var + eps) * scale + bias
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+def test_layer_norm_and_its_gradient_match_autodiff_of_the_formula(dtype):
+  from lm.layers import layer_norm
+
+  k = jax.random.split(jax.random.key(0), 4)
+  x = (jax.random.normal(k[0], (3, 5, 64)) * 2 + 0.5).astype(dtype)
+  scale = jax.random.normal(k[1], (64,)) + 1
+  bias = jax.random.normal(k[2], (64,))
+  g = jax.random.normal(k[3], (3, 5, 64))
+
+  def loss(fn):
+    return lambda x, s, b: jnp.sum(fn(x, s, b, 1e-6) * g)
+
+  tol = dict(rtol=1e-5, atol=1e-5) if dtype == jnp.float32 else dict(rtol=2e-2, atol=2e-2)
+  np.testing.assert_allclose(layer_norm(x, scale, bias, 1e-6),
+                             _layer_norm_reference(x, scale, bias, 1e-6), **tol)
+  new = jax.jit(jax.grad(loss(layer_norm), argnums=(0, 1, 2)))(x, scale, bias)
+  ref = jax.jit(jax.grad(loss(_layer_norm_reference), argnums=(0, 1, 2)))(x, scale, bias)
+  for a, b, name in zip(new, ref, ("dx", "dscale", "dbias")):
+    assert a.dtype == b.dtype, name
+    np.testing.assert_allclose(np.asarray(a, np.float32), np.asarray(b, np.float32),
+                               err_msg=name, **tol)
+
+
+def test_layer_norm_is_exact_at_a_large_mean():
+  """Two-pass statistics: a row at 1e4 +- 1 normalises like float64 (one-pass E[x^2] - mean^2
+  would lose most digits)."""
+  from lm.layers import layer_norm
+
+  x = 1e4 + np.random.default_rng(0).standard_normal((4, 256))
+  expected = (x - x.mean(-1, keepdims=True)) / np.sqrt(x.var(-1, keepdims=True) + 1e-6)
+  got = jax.jit(layer_norm, static_argnums=3)(jnp.asarray(x, jnp.float32), jnp.ones(256),
+                                              jnp.zeros(256), 1e-6)
+  np.testing.assert_allclose(got, expected, atol=2e-3)
