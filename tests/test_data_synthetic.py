@@ -126,3 +126,24 @@ def test_losing_a_build_race_uses_the_winners_data(tmp_path, monkeypatch):
   monkeypatch.setattr(synthetic.SyntheticCorpus, "download_and_prepare", lose_race)
   train, meta = sources.open_text_source(d, "train")
   assert len(train) == 300 and meta["entropy_floor_bpb"] > 0
+
+
+def test_another_process_finishing_the_build_after_we_looked_uses_its_data(tmp_path, monkeypatch):
+  """Our builder was made before the data existed (so it holds no splits), and another process
+  finished the build before we checked for it: we must read the data it wrote."""
+  from lm.data import tfds_util
+
+  d = _data_cfg(tmp_path)
+  real_make = tfds_util._make_builder
+  calls = []
+
+  def make_then_other_process_builds(builder_cls, config, data_dir):
+    builder = real_make(builder_cls, config, data_dir)
+    if not calls:  # the other process: builds right after our first builder was made
+      real_make(builder_cls, config, data_dir).download_and_prepare(file_format="array_record")
+    calls.append(builder)
+    return builder
+
+  monkeypatch.setattr(tfds_util, "_make_builder", make_then_other_process_builds)
+  train, meta = sources.open_text_source(d, "train")
+  assert len(train) == 300 and meta["entropy_floor_bpb"] > 0

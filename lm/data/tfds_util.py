@@ -58,11 +58,13 @@ def prepared_builder(builder_cls, config, data_dir: str) -> tfds.core.DatasetBui
 
   Several processes may build the same dataset at once: tfds writes into a
   temporary folder and renames it, so the losers of that race fail at the
-  rename. They then find the winner's data and use it.
+  rename. They then find the winner's data and use it. A builder reads the
+  dataset's info (its splits) when it is made: one made before another process
+  finished the build holds no splits, so it is made again.
   """
   builder = _make_builder(builder_cls, config, data_dir)
   if is_prepared(builder):
-    return builder
+    return builder if builder.info.splits else _make_builder(builder_cls, config, data_dir)
   try:
     with _no_progress_bars():
       builder.download_and_prepare(file_format=FILE_FORMAT)
