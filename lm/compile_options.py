@@ -11,6 +11,8 @@ both libraries and keeps the better, so MFU never gains from the choice itself.
 
 `model.matmul_library`: "auto" (oneDNN on CPU when this jaxlib has it, XLA's
 default otherwise) | "onednn" (CPU only; an error elsewhere) | "xla" (XLA's default).
+With oneDNN on a CPU that has AVX-512, XLA's own loops are also compiled for 512-bit
+vectors (`WIDE_VECTOR_OPTIONS`); "xla" keeps every XLA default.
 The options apply per compiled function (`jit`, `compile_lowered` below), never
 process-wide, so a run's other programs are unaffected.
 
@@ -41,6 +43,12 @@ ONEDNN_OPTIONS = {
     "xla_cpu_use_onednn": True,
     "xla_cpu_experimental_onednn_fusion_type": "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT",
 }
+
+# XLA:CPU's own loops (norms, activations, copies, the softmax) in 512-bit vectors
+# where the CPU has AVX-512; LLVM's default there is 256. In-process A/B on ref_tiny,
+# alternating single steps: x0.991, x0.990, x0.991, x0.996, x0.991 of the step time over
+# five measurements; ref_small x0.998 (experiments/BENCHMARKS.md).
+WIDE_VECTOR_OPTIONS = {"xla_cpu_prefer_vector_width": 512}
 
 KEEP_ALIVE = 64
 _kept = collections.deque(maxlen=KEEP_ALIVE)
@@ -94,7 +102,17 @@ def matmul_compiler_options(library: str, backend: str | None = None) -> dict | 
       return None
     raise ConfigError("model.matmul_library='onednn': this jaxlib's XLA:CPU refuses the oneDNN "
                       "options (xla_cpu_use_onednn); use 'auto' or 'xla'.")
-  return dict(ONEDNN_OPTIONS)
+  return {**ONEDNN_OPTIONS, **(WIDE_VECTOR_OPTIONS if cpu_has_avx512() else {})}
+
+
+@functools.lru_cache(maxsize=None)
+def cpu_has_avx512() -> bool:
+  """Whether this host's CPU has AVX-512 (Linux /proc/cpuinfo; False where unreadable)."""
+  try:
+    with open("/proc/cpuinfo") as f:
+      return any(line.startswith("flags") and " avx512f" in line for line in f)
+  except OSError:
+    return False
 
 
 def model_compiler_options(model_cfg) -> dict | None:

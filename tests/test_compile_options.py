@@ -4,8 +4,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from lm.compile_options import (ONEDNN_OPTIONS, compile_lowered, matmul_compiler_options,
-                                model_compiler_options, onednn_available)
+from lm.compile_options import (ONEDNN_OPTIONS, WIDE_VECTOR_OPTIONS, compile_lowered,
+                                cpu_has_avx512, matmul_compiler_options, model_compiler_options,
+                                onednn_available)
 from lm.config import ConfigError, ModelConfig
 from lm.models import make_model, validate_model_config
 
@@ -23,8 +24,10 @@ def test_options_per_library_and_backend():
   assert matmul_compiler_options("auto", "gpu") is None  # XLA's choice on accelerators
   assert matmul_compiler_options("xla", "tpu") is None
   if onednn_available():
-    assert matmul_compiler_options("auto", "cpu") == ONEDNN_OPTIONS
-    assert matmul_compiler_options("onednn", "cpu") == ONEDNN_OPTIONS
+    # oneDNN's options, plus 512-bit vectors for XLA's own loops where the CPU has AVX-512.
+    expected = {**ONEDNN_OPTIONS, **(WIDE_VECTOR_OPTIONS if cpu_has_avx512() else {})}
+    assert matmul_compiler_options("auto", "cpu") == expected
+    assert matmul_compiler_options("onednn", "cpu") == expected
   # A ModelConfig's field picks it; an older config object without it means XLA's default.
   assert model_compiler_options(ModelConfig(matmul_library="xla")) is None
   assert model_compiler_options(object()) is None

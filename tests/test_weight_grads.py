@@ -141,6 +141,30 @@ def test_layer_input_is_transposed_apart_from_its_layernorm():
   assert not layout_copies, layout_copies
 
 
+def test_transposed_back_kernel_gradient_is_not_fused_into_its_consumer():
+  """A down-projection's kernel gradient, computed as dk^T = dy^T @ x, is transposed back
+  by a transpose of its own: not inside the loop of whatever consumes it (here the sum of
+  two layers' padded gradients; in a scanned stack, their concatenation), which XLA:CPU
+  runs as a strided transposing loop several times slower."""
+  rng = np.random.default_rng(0)
+  xs = [jnp.asarray(rng.standard_normal((256, 128)), jnp.float32) for _ in range(2)]
+  ws = jnp.asarray(rng.standard_normal((2, 128, 32)), jnp.float32)
+
+  def loss(ws):
+    return sum(jnp.sum(token_matmul("tf,fd->td", x, ws[i], "transposed") ** 2)
+               for i, x in enumerate(xs))
+
+  grad = jax.jit(jax.grad(loss))
+  hlo = grad.lower(ws).compile().as_text()
+  bodies = re.findall(r"^(?:ENTRY )?%?[\w.\-]+ [^\n]*\{\n(.*?)\n\}", hlo, re.S | re.M)
+  fused = [b for b in bodies if " transpose(" in b
+           and re.search(r" (?:pad|add|concatenate|dynamic-update-slice)\(", b)]
+  assert not fused, fused[0]
+  expected = jax.grad(lambda ws: sum(jnp.sum(jnp.einsum("tf,fd->td", x, ws[i]) ** 2)
+                                     for i, x in enumerate(xs)))(ws)
+  np.testing.assert_allclose(grad(ws), expected, rtol=1e-4, atol=1e-3)
+
+
 @pytest.mark.skipif(jax.default_backend() != "cpu", reason="the oneDNN library is a CPU option")
 def test_head_input_gradient_form_follows_the_matmul_library(monkeypatch):
   """The head's input gradient is computed transposed where XLA's default library runs the
