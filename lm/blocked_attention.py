@@ -79,7 +79,8 @@ _GKRL = (0, 2, 4, 3, 1)  # [B, L, G, R, K] -> [B, G, K, R, L]
 # projection is one, whose gradient is then assembled in one pass (no adds of the
 # three input gradients of separate projections).
 
-def _forward(srcs, bias_B1LS, rope, views, scale, blocks):
+def _forward(srcs, bias, rope, views, scale, blocks):
+  bias_B1LS, visible_B1L1 = bias if bias is not None else (None, None)
   (qi, *qh), (ki, *kh), (vi, *vh) = views
   g = kh[1] - kh[0]
   s = srcs[ki].shape[1]
@@ -97,27 +98,31 @@ def _forward(srcs, bias_B1LS, rope, views, scale, blocks):
                         preferred_element_type=jnp.float32)
     if bias_B1LS is not None:
       logits = logits + bias_B1LS[:, :, None, start:end, :kv_end]
-    p = _softmax(logits).astype(vt.dtype)
+    p = _softmax(logits)
+    if visible_B1L1 is not None:  # rows with no visible key: zero probabilities, zero output
+      p = p * visible_B1L1[:, :, None, start:end]
+    p = p.astype(vt.dtype)
     probs.append(p)
     outs.append(jnp.einsum("bgrls,bgsk->bgrlk", p, vt[:, :, :kv_end]))
   ot = outs[0] if len(outs) == 1 else jnp.concatenate(outs, axis=3)  # [B, G, R, L, K]
   b, _, r, l, k = ot.shape
   out_BLHK = jnp.transpose(ot, (0, 3, 1, 2, 4)).reshape(b, l, g * r, k)
-  return out_BLHK, (tuple(qbs_t), kt, vt, bias_B1LS, rope, tuple(probs), tuple(outs))
+  return out_BLHK, (tuple(qbs_t), kt, vt, bias, rope, tuple(probs), tuple(outs))
 
 
+# `bias`: None, or (additive mask bias [B, 1, L, S], row visibility [B, 1, L, 1] as 0/1).
 # `dtypes`: the sources' dtype names (static), for their gradients.
 @functools.partial(jax.custom_vjp, nondiff_argnums=(3, 4, 5, 6))
-def _attention(srcs, bias_B1LS, rope, views, dtypes, scale, blocks):
-  return _forward(srcs, bias_B1LS, rope, views, scale, blocks)[0]
+def _attention(srcs, bias, rope, views, dtypes, scale, blocks):
+  return _forward(srcs, bias, rope, views, scale, blocks)[0]
 
 
-def _attention_fwd(srcs, bias_B1LS, rope, views, dtypes, scale, blocks):
-  return _forward(srcs, bias_B1LS, rope, views, scale, blocks)
+def _attention_fwd(srcs, bias, rope, views, dtypes, scale, blocks):
+  return _forward(srcs, bias, rope, views, scale, blocks)
 
 
 def _attention_bwd(views, dtypes, scale, blocks, residuals, dout_BLHK):
-  qbs_t, kt, vt, bias_B1LS, rope, probs, outs = residuals
+  qbs_t, kt, vt, bias, rope, probs, outs = residuals
   b, g, s, k = kt.shape
   dqs, dk_t, dv_t = [None] * len(blocks), None, None
   # The last block attends every key: its dk^T / dv^T start the sums, and the earlier
@@ -156,7 +161,7 @@ def _attention_bwd(views, dtypes, scale, blocks, residuals, dout_BLHK):
     parts = sorted((view[1], grad) for view, grad in zip(views, (dq, dk, dv)) if view[0] == i)
     grad = parts[0][1] if len(parts) == 1 else jnp.concatenate([p for _, p in parts], axis=2)
     dsrcs.append(grad.astype(dtype))
-  dbias = None if bias_B1LS is None else jnp.zeros_like(bias_B1LS)
+  dbias = jax.tree_util.tree_map(jnp.zeros_like, bias)
   drope = None if rope is None else (jnp.zeros_like(rope[0]), jnp.zeros_like(rope[1]))
   return tuple(dsrcs), dbias, drope
 
@@ -165,18 +170,16 @@ _attention.defvjp(_attention_fwd, _attention_bwd)
 
 
 def _attend(srcs, views, mask_B1LS, scale, causal, block, rope, head_dim, length, kv_length):
-  bias_B1LS = None
+  bias = None
   if mask_B1LS is not None:
-    # A finite fill (not -inf) keeps fully masked rows NaN-free; they are zeroed below.
-    bias_B1LS = jnp.where(mask_B1LS, 0.0, jnp.finfo(jnp.float32).min)
+    # A finite fill (not -inf) keeps fully masked rows NaN-free; their probabilities are
+    # zeroed inside the softmax's pass (`visible`), not in a pass over the output.
+    visible_B1L1 = jnp.any(mask_B1LS, axis=-1, keepdims=True).astype(jnp.float32)
+    bias = (jnp.where(mask_B1LS, 0.0, jnp.finfo(jnp.float32).min), visible_B1L1)
   scale_value = 1.0 / float(head_dim) ** 0.5 if scale else 1.0
   blocks = query_blocks(length, kv_length, causal, block)
   dtypes = tuple(jnp.dtype(x.dtype).name for x in srcs)
-  out_BLHK = _attention(tuple(srcs), bias_B1LS, rope, views, dtypes, scale_value, blocks)
-  if mask_B1LS is not None:
-    visible_BL11 = jnp.any(mask_B1LS[:, 0], axis=-1)[:, :, None, None]
-    out_BLHK = out_BLHK * visible_BL11.astype(out_BLHK.dtype)
-  return out_BLHK
+  return _attention(tuple(srcs), bias, rope, views, dtypes, scale_value, blocks)
 
 
 def blocked_attention(q_BLHK: jax.Array, k_BSGK: jax.Array, v_BSGK: jax.Array,
