@@ -120,6 +120,8 @@ def benchmark_train_step(cfg, steps: int, warmup: int, compile_only: bool = Fals
       "compile_s": built.compile_s,
       "step_time_s": step_s,
       "step_time_min_s": min(times),
+      # The spread says how far to trust a difference between runs on a shared machine.
+      "step_time_quartiles_s": statistics.quantiles(times, n=4, method="inclusive")[::2] if len(times) > 1 else [step_s] * 2,
       "tokens_per_s": tokens / step_s,
       "achieved_flops": flops / step_s,
       "devices": len(devices),
@@ -142,16 +144,26 @@ def benchmark_decode(cfg) -> dict:
   return decode.benchmark_decode(cfg)
 
 
+def _spread(r: dict) -> str:
+  if "step_time_quartiles_s" not in r:
+    return ""
+  q1, q3 = (x * 1e3 for x in r["step_time_quartiles_s"])
+  return f" (quartiles {q1:.2f}-{q3:.2f}, min {r['step_time_min_s'] * 1e3:.2f})"
+
+
 def format_table(r: dict) -> str:
   rows = [
       ("config", r["config"]),
       ("parameters", f"{r['num_params']:,}"),
       ("FLOPs per token", f"{r['flops_per_token']:.4g}"),
       ("compile", f"{r['compile_s']:.2f} s"),
-      ("train step (median)", f"{r['step_time_s'] * 1e3:.2f} ms"),
+      ("train step (median)", f"{r['step_time_s'] * 1e3:.2f} ms" + _spread(r)),
       ("tokens/s", f"{r['tokens_per_s']:,.0f}"),
       ("achieved FLOP/s", f"{r['achieved_flops'] / 1e9:.2f} GFLOP/s"),
-      ("peak FLOP/s", f"{r['peak_flops'] / 1e9:.2f} GFLOP/s ({r['peak_source']})"),
+      ("peak FLOP/s", f"{r['peak_flops'] / 1e9:.2f} GFLOP/s ({r['peak_source']}"
+       + (", best of {:.2f} before and {:.2f} after the steps".format(
+           *(x / 1e9 for x in r["peak_flops_before_after"])) if "peak_flops_before_after" in r else "")
+       + ")"),
       ("MFU", f"{100 * r['mfu']:.1f}%"),
       ("peak memory", f"{r['peak_memory_gib']:.2f} GiB ({r['memory_source']})"),
       ("reuse host memory", str(r.get("reuse_host_memory", False))),
@@ -195,7 +207,9 @@ def main(argv):
             **benchmark_train_step(cfg, _STEPS.value, _WARMUP.value, op_profile_top=_OP_PROFILE.value)}
   # Measure the peak again after the step and keep the best: CPU clocks and load drift.
   if devices[0].platform == "cpu" and _PEAK.value <= 0:
-    peak = max(peak, measure_peak(devices, 0.0, _MATMUL_N.value)[0])
+    peak_after = measure_peak(devices, 0.0, _MATMUL_N.value)[0]
+    result["peak_flops_before_after"] = [peak, peak_after]
+    peak = max(peak, peak_after)
   result.update(peak_flops=peak, peak_source=source, mfu=result["achieved_flops"] / peak if peak else float("nan"))
   dev_mem = device_peak_gib(devices[0]) if devices[0].platform != "cpu" else None
   result["peak_memory_gib"] = dev_mem if dev_mem is not None else host_peak_rss_gib()
