@@ -23,6 +23,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from lm import cpu_attention
 from lm.blocked_attention import blocked_attention, blocked_self_attention
 from lm.config import ModelConfig
 from lm.layers import (BLD, Einsum, compute_dtype, fan_in_init, out_proj_scale, param_dtype,
@@ -129,7 +130,7 @@ def dot_product_attention(q_BLHK: jax.Array, k_BSGK: jax.Array, v_BSGK: jax.Arra
   return out_BLHK.astype(q_BLHK.dtype)
 
 
-ATTENTION_IMPLS = ("auto", "xla", "cudnn", "blocked")
+ATTENTION_IMPLS = ("auto", "xla", "cudnn", "blocked", "cpu_fused")
 
 
 def library_attention(q_BLHK: jax.Array, k_BSGK: jax.Array, v_BSGK: jax.Array,
@@ -149,14 +150,15 @@ def library_attention(q_BLHK: jax.Array, k_BSGK: jax.Array, v_BSGK: jax.Array,
 
 def attention_backend(impl: str, dtype) -> str:
   """The attention path of cfg.attention_impl on this backend: "xla" (dot_product_attention
-  above), "cudnn" or "blocked" (lm/blocked_attention.py). "auto" takes cuDNN on GPUs for
-  16-bit compute, where its flash kernel applies, "blocked" on CPUs (measured faster
-  there, BENCHMARKS.md), and the XLA path on TPUs and for float32 on GPUs."""
+  above), "cudnn", "blocked" (lm/blocked_attention.py) or "cpu_fused" (lm/cpu_attention.py).
+  "auto" takes cuDNN on GPUs for 16-bit compute, where its flash kernel applies, on CPUs
+  the fused kernel where it compiles, else "blocked" (both measured faster there,
+  BENCHMARKS.md), and the XLA path on TPUs and for float32 on GPUs."""
   if impl != "auto":
     return impl
   backend = jax.default_backend()
   if backend == "cpu":
-    return "blocked"
+    return "cpu_fused" if cpu_attention.unavailable_reason() is None else "blocked"
   return "cudnn" if backend == "gpu" and jnp.dtype(dtype) in (jnp.bfloat16, jnp.float16) else "xla"
 
 
@@ -274,21 +276,28 @@ class MultiHeadAttention(nn.Module):
     value = Einsum((d, g, k), ("embed", "kv_heads", "kv"), "bsd,dgk->bsgk", in_init, cfg,
                    bias_dims=2, name="value")
     backend = attention_backend(cfg.attention_impl, compute_dtype(cfg))
-    if backend == "blocked" and (bias_BHLS is not None or cache_kv is not None):
-      # The blocked path has no learned bias (T5); with a cache it would copy the whole
-      # cache to [B, G, T, K] for every new token.
+    if backend in ("blocked", "cpu_fused") and (bias_BHLS is not None or cache_kv is not None):
+      # Neither has a learned bias (T5); with a cache they would copy the whole cache
+      # to another layout for every new token.
       backend = "xla"
     rope = None
     if cfg.position == "rope" and self.rope:
       rope = rope_tables(positions_BL, k, cfg.rope_base)
 
-    if backend == "blocked" and kv_BSD is x_BLD:
-      out_BLHK = blocked_self_attention(
-          _fused_projection(x_BLD, (query, key, value), cfg), h, g, mask_B1LS,
-          cfg.scale_attention, causal=self.causal, block=cfg.attention_block_size, rope=rope)
-      return self._out(out_BLHK)
+    if backend in ("blocked", "cpu_fused") and kv_BSD is x_BLD:
+      qkv_BLNK = _fused_projection(x_BLD, (query, key, value), cfg)
+      if backend == "cpu_fused" and cpu_attention.supported(qkv_BLNK, cache=False, bias=False):
+        out_BLHK = cpu_attention.fused_self_attention(
+            qkv_BLNK, h, g, mask_B1LS, cfg.scale_attention, causal=self.causal, rope=rope)
+      else:  # the kernel's scope (float32, lengths of 16s) or "blocked" chosen
+        out_BLHK = blocked_self_attention(
+            qkv_BLNK, h, g, mask_B1LS, cfg.scale_attention, causal=self.causal,
+            block=cfg.attention_block_size, rope=rope)
+      return self._out(out_BLHK.astype(compute_dtype(cfg)))
 
     q_BLHK, k_BSGK, v_BSGK = query(x_BLD), key(kv_BSD), value(kv_BSD)
+    if backend == "cpu_fused":  # cross-attention: the kernel does self-attention only
+      backend = "blocked"
     if rope is not None and backend != "blocked":  # the blocked path rotates in its copies
       q_BLHK = rotate(q_BLHK, *rope)
       k_BSGK = rotate(k_BSGK, *rope)

@@ -43,8 +43,10 @@ class ModelConfig:
   # Layers per scan iteration (scan_layers); more lets XLA fuse across layers. 0 = auto: the
   # whole stack up to 8 layers, else 1 (lm/transformer.py scan_unroll_for)
   scan_unroll: int = 0
-  # "auto": cuDNN flash attention on GPUs in bf16/fp16, "blocked" on CPUs, the XLA path
-  # elsewhere | "xla" | "cudnn" | "blocked" (lm/blocked_attention.py)
+  # "auto": cuDNN flash attention on GPUs in bf16/fp16, on CPUs "cpu_fused" where its kernel
+  # compiles (else "blocked"), the XLA path elsewhere | "xla" | "cudnn" | "blocked"
+  # (lm/blocked_attention.py) | "cpu_fused" (lm/cpu_attention.py: a C++ kernel; float32
+  # causal/masked self-attention, other calls take the blocked path)
   attention_impl: str = "auto"
   # "blocked" attention: causal queries in blocks of this many, each skipping the keys after
   # it; 0 = one block

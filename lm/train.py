@@ -28,7 +28,7 @@ import ml_collections
 import numpy as np
 import optax
 
-from lm import layout, sharding, warm_start
+from lm import cpu_attention, layout, sharding, warm_start
 from lm.checkpoint import Checkpointer
 from lm import compile_options
 from lm.compile_options import model_compiler_options
@@ -68,6 +68,12 @@ def setup_run(cfg: ml_collections.ConfigDict, devices: Sequence[jax.Device]) -> 
   if cfg.model.attention_impl == "cudnn" and devices[0].platform != "gpu":
     raise ConfigError(f"model.attention_impl='cudnn' needs NVIDIA GPUs, but the devices are "
                       f"{devices[0].platform}; use 'auto' (cuDNN where it applies) or 'xla'.")
+  if cfg.model.attention_impl == "cpu_fused":
+    reason = (f"the devices are {devices[0].platform}" if devices[0].platform != "cpu"
+              else cpu_attention.unavailable_reason())
+    if reason:
+      raise ConfigError(f"model.attention_impl='cpu_fused' cannot run: {reason}; use 'auto' "
+                        f"(the fused kernel where it applies) or 'blocked'.")
   objective = get_objective(cfg.objective, cfg)
   model_cfg = ModelConfig.from_config(cfg.model)
   mesh = sharding.make_mesh(cfg.mesh, devices)

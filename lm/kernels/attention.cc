@@ -1,0 +1,456 @@
+// Fused causal self-attention for XLA:CPU, forward and backward, as XLA FFI handlers.
+//
+// Why: on CPU the attention core ran as separate library calls (logits GEMM, softmax,
+// PV GEMM and four backward GEMMs) with [B, L, H, K] <-> [B, H, L, K] layout copies
+// around them, at about 110 GFLOP/s against a ~480 GFLOP/s matmul peak (BENCHMARKS.md).
+// Here one work item is a (batch row, kv head) pair: its q, k, v rows are read
+// straight from the fused [B, L, H + 2G, K] projection, rotated (RoPE) and scaled in
+// cache-resident buffers, and every product is a register-blocked GEMM on them, so no
+// layout copy touches memory and causal key blocks above the diagonal are skipped.
+//
+// Layouts (row-major):
+//   qkv   [B, L, N, K]  N = H + 2G: query heads, then key heads, then value heads
+//   mask  [B, L, S]     uint8, nonzero = the query may attend the key (S == L)
+//   cos, sin [B, L, K/2] rotate-half RoPE tables (lm/rope.py), or empty (no RoPE)
+//   out   [B, L, H, K]
+//   probs [B, H, L, S]  the softmax, saved for the backward (empty: not saved)
+//   dqkv  [B, L, N, K]
+// Query rows that see no key get zero probabilities and a zero output, as the XLA path.
+// The backward uses rowsum(dP * P) = rowsum(dO * O).
+//
+// Built by lm/kernels/build.py with -O3 -march=native; the GEMM uses GCC vector
+// extensions, 16 floats per vector with AVX-512 and 8 otherwise.
+
+#include <algorithm>
+#include <atomic>
+#include <condition_variable>
+#include <cstdint>
+#include <cstring>
+#include <functional>
+#include <limits>
+#include <memory>
+#include <mutex>
+#include <vector>
+
+#include "xla/ffi/api/ffi.h"
+
+namespace ffi = xla::ffi;
+
+namespace {
+
+#if defined(__AVX512F__)
+constexpr int kVL = 16;  // floats per vector
+constexpr int kMR = 6;   // rows per micro-tile
+constexpr int kNV = 4;   // vectors per micro-tile row: 6 x 4 accumulators of 32 registers
+#else
+constexpr int kVL = 8;
+constexpr int kMR = 4;
+constexpr int kNV = 2;
+#endif
+
+typedef float vf __attribute__((vector_size(kVL * 4)));
+typedef float vf_u __attribute__((vector_size(kVL * 4), aligned(4)));
+typedef int32_t vi __attribute__((vector_size(kVL * 4)));
+typedef uint8_t vu8 __attribute__((vector_size(kVL)));
+
+inline vf load(const float* p) { return *reinterpret_cast<const vf_u*>(p); }
+inline void store(float* p, vf v) { *reinterpret_cast<vf_u*>(p) = v; }
+inline vf splat(float x) { return x - vf{}; }  // x - 0 == x for every x, so no add is emitted
+
+// C[m, 0:NV*VL] (+)= sum_k A(m, k) B[k, 0:NV*VL], A(m, k) = a[m * a_rs + k * a_cs].
+template <int MR, int NV>
+inline void micro_tile(int64_t kc, const float* a, int64_t a_rs, int64_t a_cs, const float* b,
+                       int64_t b_rs, float* c, int64_t c_rs, bool accumulate) {
+  vf acc[MR][NV];
+  for (int m = 0; m < MR; ++m)
+    for (int v = 0; v < NV; ++v) acc[m][v] = accumulate ? load(c + m * c_rs + v * kVL) : vf{};
+  for (int64_t k = 0; k < kc; ++k) {
+    const float* brow = b + k * b_rs;
+    vf bv[NV];
+    for (int v = 0; v < NV; ++v) bv[v] = load(brow + v * kVL);
+    const float* ak = a + k * a_cs;
+    for (int m = 0; m < MR; ++m) {
+      vf av = splat(ak[m * a_rs]);
+      for (int v = 0; v < NV; ++v) acc[m][v] += av * bv[v];
+    }
+  }
+  for (int m = 0; m < MR; ++m)
+    for (int v = 0; v < NV; ++v) store(c + m * c_rs + v * kVL, acc[m][v]);
+}
+
+using TileFn = void (*)(int64_t, const float*, int64_t, int64_t, const float*, int64_t, float*,
+                        int64_t, bool);
+
+template <int MR>
+constexpr TileFn tile_for(int nv) {
+  return nv == 1 ? micro_tile<MR, 1> : nv == 2 ? micro_tile<MR, (kNV >= 2 ? 2 : 1)>
+       : nv == 3 ? micro_tile<MR, (kNV >= 3 ? 3 : 1)> : micro_tile<MR, kNV>;
+}
+
+TileFn tile(int mr, int nv) {
+  switch (mr) {
+    case 1: return tile_for<1>(nv);
+    case 2: return tile_for<2>(nv);
+    case 3: return tile_for<3>(nv);
+    case 4: return tile_for<(kMR >= 4 ? 4 : 1)>(nv);
+    case 5: return tile_for<(kMR >= 5 ? 5 : 1)>(nv);
+    default: return tile_for<kMR>(nv);
+  }
+}
+
+// C[M, N] (+)= A[M, Kd] B[Kd, N]; N a multiple of kVL. Column panels outermost, so a
+// [Kd, NV * VL] panel of B stays in L1 across the row tiles.
+void gemm(int64_t M, int64_t N, int64_t Kd, const float* a, int64_t a_rs, int64_t a_cs,
+          const float* b, int64_t b_rs, float* c, int64_t c_rs, bool accumulate) {
+  for (int64_t n0 = 0; n0 < N; n0 += kNV * kVL) {
+    int nv = static_cast<int>(std::min<int64_t>(kNV, (N - n0) / kVL));
+    for (int64_t m0 = 0; m0 < M; m0 += kMR) {
+      int mr = static_cast<int>(std::min<int64_t>(kMR, M - m0));
+      tile(mr, nv)(Kd, a + m0 * a_rs, a_rs, a_cs, b + n0, b_rs, c + m0 * c_rs + n0, c_rs,
+                   accumulate);
+    }
+  }
+}
+
+// exp(x) for x <= 0 (arguments of the softmax), about 1 ulp: 2^n * p(r), r = x - n ln 2.
+inline vf exp_nonpositive(vf x) {
+  x = x > splat(-87.0f) ? x : splat(-87.0f);
+  vf n = (x * 1.44269504088896341f + 12582912.0f) - 12582912.0f;  // round to nearest
+  vf r = x - n * 0.693359375f + n * 2.12194440e-4f;
+  vf p = splat(1.9875691500e-4f);
+  p = p * r + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  p = p * r * r + r + 1.0f;
+  vi bits = (__builtin_convertvector(n, vi) + 127) << 23;
+  vf scale;
+  std::memcpy(&scale, &bits, sizeof(scale));
+  return p * scale;
+}
+
+inline vf mask_vector(const uint8_t* m) {
+  vu8 bytes;
+  std::memcpy(&bytes, m, sizeof(bytes));
+  vi ints = __builtin_convertvector(bytes, vi);
+  return ints != 0 ? splat(1.0f) : splat(0.0f);
+}
+
+inline float hmax(vf v) {
+  float r = v[0];
+  for (int i = 1; i < kVL; ++i) r = std::max(r, v[i]);
+  return r;
+}
+
+inline float hsum(vf v) {
+  float r = 0.0f;
+  for (int i = 0; i < kVL; ++i) r += v[i];
+  return r;
+}
+
+// p[0:n] = softmax of the logits p[0:n] over the keys the mask allows; zeros if none.
+void masked_softmax(float* p, const uint8_t* mask, int64_t n) {
+  const vf neg_inf = splat(-std::numeric_limits<float>::infinity());
+  vf mx = neg_inf;
+  for (int64_t j = 0; j < n; j += kVL) {
+    vf x = mask_vector(mask + j) != 0.0f ? load(p + j) : neg_inf;
+    mx = x > mx ? x : mx;
+  }
+  float row_max = hmax(mx);
+  if (row_max == -std::numeric_limits<float>::infinity()) {
+    std::fill(p, p + n, 0.0f);
+    return;
+  }
+  vf sum{};
+  for (int64_t j = 0; j < n; j += kVL) {
+    vf e = exp_nonpositive(load(p + j) - row_max) * mask_vector(mask + j);
+    store(p + j, e);
+    sum += e;
+  }
+  vf inv = splat(1.0f / hsum(sum));
+  for (int64_t j = 0; j < n; j += kVL) store(p + j, load(p + j) * inv);
+}
+
+struct Shapes {
+  int64_t B, L, S, N, K, H, G, R;
+  bool rope, causal;
+  float scale;
+  static constexpr int64_t kPanel = 16;  // query rows per causal panel
+
+  // Keys that query rows [i0, i0 + rows) attend: a prefix rounded up to whole vectors.
+  int64_t keys(int64_t i0, int64_t rows) const {
+    if (!causal) return S;
+    int64_t end = i0 + rows;
+    return std::min(S, (end + kVL - 1) / kVL * kVL);
+  }
+};
+
+// Row x[0:K] rotated by the tables' row (pairs x[i], x[i + K/2]); `sign` -1 inverts.
+inline void rotate_row(const float* x, const float* cos, const float* sin, int64_t K, float sign,
+                       float scale, float* out) {
+  int64_t half = K / 2;
+  for (int64_t i = 0; i < half; ++i) {
+    float c = cos[i], s = sign * sin[i], x1 = x[i], x2 = x[i + half];
+    out[i] = (x1 * c - x2 * s) * scale;
+    out[i + half] = (x2 * c + x1 * s) * scale;
+  }
+}
+
+// rows [L, K] of one head of qkv (column `head`), rotated and scaled, into out (row stride K).
+void load_head(const Shapes& s, const float* qkv, const float* cos, const float* sin, int64_t b,
+               int64_t head, float scale, float* out) {
+  for (int64_t i = 0; i < s.L; ++i) {
+    const float* x = qkv + ((b * s.L + i) * s.N + head) * s.K;
+    float* o = out + i * s.K;
+    if (s.rope) {
+      const float* ct = cos + (b * s.L + i) * (s.K / 2);
+      const float* st = sin + (b * s.L + i) * (s.K / 2);
+      rotate_row(x, ct, st, s.K, 1.0f, scale, o);
+    } else {
+      for (int64_t d = 0; d < s.K; ++d) o[d] = x[d] * scale;
+    }
+  }
+}
+
+// x [rows, K] (row-major) transposed into out [K, rows].
+void transpose(const float* x, int64_t rows, int64_t K, float* out) {
+  for (int64_t i = 0; i < rows; ++i)
+    for (int64_t d = 0; d < K; ++d) out[d * rows + i] = x[i * K + d];
+}
+
+// Writes a gradient row g[0:K] (w.r.t. the rotated value) as the gradient w.r.t. the
+// unrotated one: the inverse rotation.
+void store_grad_row(const Shapes& s, const float* g, const float* cos, const float* sin,
+                    int64_t b, int64_t i, float* dst) {
+  if (s.rope) {
+    rotate_row(g, cos + (b * s.L + i) * (s.K / 2), sin + (b * s.L + i) * (s.K / 2), s.K, -1.0f,
+               1.0f, dst);
+  } else {
+    std::memcpy(dst, g, s.K * sizeof(float));
+  }
+}
+
+thread_local std::vector<float> scratch;
+
+float* scratch_floats(int64_t n) {
+  if (static_cast<int64_t>(scratch.size()) < n) scratch.resize(n);
+  return scratch.data();
+}
+
+void forward_item(const Shapes& s, const float* qkv, const uint8_t* mask, const float* cos,
+                  const float* sin, float* out, float* probs, int64_t item) {
+  int64_t b = item / s.G, g = item % s.G;
+  int64_t L = s.L, S = s.S, K = s.K;
+  float* buf = scratch_floats(L * K + S * K + K * S + (probs ? 0 : L * S));
+  float* q = buf;
+  float* krows = q + L * K;
+  float* kt = krows + S * K;
+  float* plocal = kt + K * S;
+  load_head(s, qkv, cos, sin, b, s.H + g, 1.0f, krows);
+  transpose(krows, S, K, kt);
+  const float* v = qkv + (b * L * s.N + s.H + s.G + g) * K;
+  const int64_t v_rs = s.N * K;
+  for (int64_t r = 0; r < s.R; ++r) {
+    int64_t h = g * s.R + r;
+    load_head(s, qkv, cos, sin, b, h, s.scale, q);
+    float* p = probs ? probs + (b * s.H + h) * L * S : plocal;
+    for (int64_t i0 = 0; i0 < L; i0 += Shapes::kPanel) {
+      int64_t rows = std::min(Shapes::kPanel, L - i0), n = s.keys(i0, rows);
+      gemm(rows, n, K, q + i0 * K, K, 1, kt, S, p + i0 * S, S, false);
+      for (int64_t i = i0; i < i0 + rows; ++i) {
+        masked_softmax(p + i * S, mask + (b * L + i) * S, n);
+        if (probs) std::fill(p + i * S + n, p + (i + 1) * S, 0.0f);
+      }
+      gemm(rows, K, n, p + i0 * S, S, 1, v, v_rs, out + ((b * L + i0) * s.H + h) * K,
+           s.H * K, false);
+    }
+  }
+}
+
+void backward_item(const Shapes& s, const float* qkv, const float* cos, const float* sin,
+                   const float* probs, const float* out, const float* dout, float* dqkv,
+                   int64_t item) {
+  int64_t b = item / s.G, g = item % s.G;
+  int64_t L = s.L, S = s.S, K = s.K;
+  float* buf = scratch_floats(L * K + S * K + 2 * K * S + 2 * S * K + L * S + Shapes::kPanel * K);
+  float* q = buf;
+  float* krows = q + L * K;
+  float* vt = krows + S * K;
+  float* vrows = vt + K * S;
+  float* dk = vrows + S * K;
+  float* dv = dk + S * K;
+  float* ds = dv + S * K;
+  float* dq = ds + L * S;
+  load_head(s, qkv, cos, sin, b, s.H + g, 1.0f, krows);
+  // v's rows (no rotation), then transposed for dP = dO v^T.
+  for (int64_t j = 0; j < S; ++j)
+    std::memcpy(vrows + j * K, qkv + ((b * S + j) * s.N + s.H + s.G + g) * K, K * sizeof(float));
+  transpose(vrows, S, K, vt);
+  std::fill(dk, dk + 2 * S * K, 0.0f);
+  const int64_t o_rs = s.H * K;
+  for (int64_t r = 0; r < s.R; ++r) {
+    int64_t h = g * s.R + r;
+    load_head(s, qkv, cos, sin, b, h, s.scale, q);
+    const float* p = probs + (b * s.H + h) * L * S;
+    const float* o = out + (b * L * s.H + h) * K;
+    const float* dO = dout + (b * L * s.H + h) * K;
+    for (int64_t i0 = 0; i0 < L; i0 += Shapes::kPanel) {
+      int64_t rows = std::min(Shapes::kPanel, L - i0), n = s.keys(i0, rows);
+      gemm(rows, n, K, dO + i0 * o_rs, o_rs, 1, vt, S, ds + i0 * S, S, false);
+      for (int64_t i = i0; i < i0 + rows; ++i) {
+        const float* dOi = dO + i * o_rs;
+        const float* oi = o + i * o_rs;
+        vf acc{};
+        for (int64_t d = 0; d < K; d += kVL) acc += load(dOi + d) * load(oi + d);
+        vf rowsum = splat(hsum(acc));
+        float* dsi = ds + i * S;
+        const float* pi = p + i * S;
+        for (int64_t j = 0; j < n; j += kVL) store(dsi + j, load(pi + j) * (load(dsi + j) - rowsum));
+        std::fill(dsi + n, dsi + S, 0.0f);
+      }
+      // dq = scale * dS k, then the inverse rotation, into dqkv's query head h.
+      gemm(rows, K, n, ds + i0 * S, S, 1, krows, K, dq, K, false);
+      for (int64_t i = i0; i < i0 + rows; ++i) {
+        float* row = dq + (i - i0) * K;
+        for (int64_t d = 0; d < K; ++d) row[d] *= s.scale;
+        store_grad_row(s, row, cos, sin, b, i, dqkv + ((b * L + i) * s.N + h) * K);
+      }
+    }
+    // dk += dS^T (scale q), dv += P^T dO; with causal, key j gets rows i >= j only.
+    for (int64_t j0 = 0; j0 < S; j0 += kMR) {
+      int64_t mr = std::min<int64_t>(kMR, S - j0);
+      int64_t i_start = s.causal ? j0 : 0;
+      for (int64_t n0 = 0; n0 < K; n0 += kNV * kVL) {
+        int nv = static_cast<int>(std::min<int64_t>(kNV, (K - n0) / kVL));
+        TileFn f = tile(static_cast<int>(mr), nv);
+        f(L - i_start, ds + i_start * S + j0, 1, S, q + i_start * K + n0, K, dk + j0 * K + n0, K,
+          true);
+        f(L - i_start, p + i_start * S + j0, 1, S, dO + i_start * o_rs + n0, o_rs,
+          dv + j0 * K + n0, K, true);
+      }
+    }
+  }
+  for (int64_t j = 0; j < S; ++j) {
+    store_grad_row(s, dk + j * K, cos, sin, b, j, dqkv + ((b * S + j) * s.N + s.H + g) * K);
+    std::memcpy(dqkv + ((b * S + j) * s.N + s.H + s.G + g) * K, dv + j * K, K * sizeof(float));
+  }
+}
+
+// Runs fn(0 .. total-1) on the caller and the pool's threads. The caller takes items
+// too, so the call finishes even if no pool thread is free; helpers that start late
+// find nothing left (the shared state outlives the call).
+struct ParallelJob {
+  std::function<void(int64_t)> fn;
+  int64_t total = 0;
+  std::atomic<int64_t> next{0}, done{0};
+  std::mutex mu;
+  std::condition_variable cv;
+
+  void work() {
+    for (int64_t i; (i = next.fetch_add(1)) < total;) {
+      fn(i);
+      if (done.fetch_add(1) + 1 == total) {
+        std::lock_guard<std::mutex> lock(mu);
+        cv.notify_all();
+      }
+    }
+  }
+};
+
+void parallel_for(ffi::ThreadPool& pool, int64_t total, std::function<void(int64_t)> fn) {
+  auto job = std::make_shared<ParallelJob>();
+  job->fn = std::move(fn);
+  job->total = total;
+  int64_t helpers = std::min<int64_t>(pool.num_threads(), total) - 1;
+  for (int64_t t = 0; t < helpers; ++t) pool.Schedule([job] { job->work(); });
+  job->work();
+  std::unique_lock<std::mutex> lock(job->mu);
+  job->cv.wait(lock, [&] { return job->done.load() == total; });
+}
+
+ffi::Error shapes_of(ffi::Buffer<ffi::F32>& qkv, ffi::Buffer<ffi::F32>& cos, int64_t num_heads,
+                     int64_t kv_heads, int64_t causal, float scale, Shapes& s) {
+  auto d = qkv.dimensions();
+  if (d.size() != 4) return ffi::Error::InvalidArgument("qkv must be [B, L, H + 2G, K]");
+  s = Shapes{d[0], d[1], d[1], d[2], d[3], num_heads, kv_heads, 0, cos.element_count() > 0,
+             causal != 0, scale};
+  if (kv_heads <= 0 || num_heads % kv_heads || s.N != num_heads + 2 * kv_heads)
+    return ffi::Error::InvalidArgument("qkv's head axis must be num_heads + 2 * kv_heads");
+  if (s.K % kVL || s.L % kVL)
+    return ffi::Error::InvalidArgument("head dim and length must be multiples of the vector width");
+  s.R = num_heads / kv_heads;
+  return ffi::Error::Success();
+}
+
+ffi::Error attention_forward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> qkv,
+                             ffi::Buffer<ffi::U8> mask, ffi::Buffer<ffi::F32> cos,
+                             ffi::Buffer<ffi::F32> sin, ffi::ResultBuffer<ffi::F32> out,
+                             ffi::ResultBuffer<ffi::F32> probs, int64_t num_heads,
+                             int64_t kv_heads, int64_t causal, float scale) {
+  Shapes sh;
+  if (ffi::Error e = shapes_of(qkv, cos, num_heads, kv_heads, causal, scale, sh); e.failure())
+    return e;
+  const float* qkv_p = qkv.typed_data();
+  const uint8_t* mask_p = mask.typed_data();
+  const float* cos_p = cos.typed_data();
+  const float* sin_p = sin.typed_data();
+  float* out_p = out->typed_data();
+  float* probs_p = probs->element_count() > 0 ? probs->typed_data() : nullptr;
+  parallel_for(pool, sh.B * sh.G, [&, sh](int64_t item) {
+    forward_item(sh, qkv_p, mask_p, cos_p, sin_p, out_p, probs_p, item);
+  });
+  return ffi::Error::Success();
+}
+
+ffi::Error attention_backward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> qkv,
+                              ffi::Buffer<ffi::F32> cos, ffi::Buffer<ffi::F32> sin,
+                              ffi::Buffer<ffi::F32> probs, ffi::Buffer<ffi::F32> out,
+                              ffi::Buffer<ffi::F32> dout, ffi::ResultBuffer<ffi::F32> dqkv,
+                              int64_t num_heads, int64_t kv_heads, int64_t causal, float scale) {
+  Shapes sh;
+  if (ffi::Error e = shapes_of(qkv, cos, num_heads, kv_heads, causal, scale, sh); e.failure())
+    return e;
+  const float* qkv_p = qkv.typed_data();
+  const float* cos_p = cos.typed_data();
+  const float* sin_p = sin.typed_data();
+  const float* probs_p = probs.typed_data();
+  const float* out_p = out.typed_data();
+  const float* dout_p = dout.typed_data();
+  float* dqkv_p = dqkv->typed_data();
+  parallel_for(pool, sh.B * sh.G, [&, sh](int64_t item) {
+    backward_item(sh, qkv_p, cos_p, sin_p, probs_p, out_p, dout_p, dqkv_p, item);
+  });
+  return ffi::Error::Success();
+}
+
+}  // namespace
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(LmAttentionForward, attention_forward,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // qkv
+                                  .Arg<ffi::Buffer<ffi::U8>>()   // mask
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // cos
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // sin
+                                  .Ret<ffi::Buffer<ffi::F32>>()  // out
+                                  .Ret<ffi::Buffer<ffi::F32>>()  // probs
+                                  .Attr<int64_t>("num_heads")
+                                  .Attr<int64_t>("kv_heads")
+                                  .Attr<int64_t>("causal")
+                                  .Attr<float>("scale"));
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(LmAttentionBackward, attention_backward,
+                              ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // qkv
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // cos
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // sin
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // probs
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // out
+                                  .Arg<ffi::Buffer<ffi::F32>>()  // dout
+                                  .Ret<ffi::Buffer<ffi::F32>>()  // dqkv
+                                  .Attr<int64_t>("num_heads")
+                                  .Attr<int64_t>("kv_heads")
+                                  .Attr<int64_t>("causal")
+                                  .Attr<float>("scale"));
