@@ -6,6 +6,8 @@ setup(
     version="0.1.0",
     description="JAX/Flax research codebase for scaling experiments on transformer language models",
     python_requires=">=3.11,<3.13",
+    # the fused CPU attention kernel's source, compiled on first use (lm/kernels/build.py)
+    package_data={"lm.kernels": ["*.cc"]},
     packages=find_packages(include=["lm", "lm.*", "experiments", "experiments.*", "agent", "agent.*", "launch", "launch.*"]),
     install_requires=[
         "jax>=0.10,<0.13",

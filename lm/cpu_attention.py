@@ -38,6 +38,9 @@ log = logging.getLogger(__name__)
 
 _FORWARD, _BACKWARD = "lm_attention_forward", "lm_attention_backward"
 MULTIPLE = 16  # head dim and length: the kernel's vector width
+# kv heads per work item (a divisor of kv_heads); 0: the kernel's choice, whole batch rows
+# unless they are too few for the threads. Read at trace time; tests set it.
+KV_HEADS_PER_ITEM = 0
 
 
 @functools.cache
@@ -66,7 +69,8 @@ def supported(qkv_BLNK: jax.Array, cache: bool, bias: bool) -> bool:
 
 def _attrs(num_heads, kv_heads, causal, scale):
   return dict(num_heads=np.int64(num_heads), kv_heads=np.int64(kv_heads),
-              causal=np.int64(causal), scale=np.float32(scale))
+              causal=np.int64(causal), scale=np.float32(scale),
+              kv_heads_per_item=np.int64(KV_HEADS_PER_ITEM))
 
 
 def _forward_call(qkv, mask, cos, sin, num_heads, kv_heads, causal, scale, save_probs):
@@ -85,14 +89,14 @@ def _attention(qkv, mask, cos, sin, num_heads, kv_heads, causal, scale):
 
 def _attention_fwd(qkv, mask, cos, sin, num_heads, kv_heads, causal, scale):
   out, probs = _forward_call(qkv, mask, cos, sin, num_heads, kv_heads, causal, scale, True)
-  return out, (qkv, mask, cos, sin, probs, out)
+  return out, (qkv, mask, cos, sin, probs)
 
 
 def _attention_bwd(num_heads, kv_heads, causal, scale, residuals, dout):
-  qkv, mask, cos, sin, probs, out = residuals
+  qkv, mask, cos, sin, probs = residuals
   dqkv = jax.ffi.ffi_call(_BACKWARD, jax.ShapeDtypeStruct(qkv.shape, jnp.float32),
                           vmap_method="sequential")(
-      qkv, cos, sin, probs, out, dout.astype(jnp.float32),
+      qkv, cos, sin, probs, dout.astype(jnp.float32),
       **_attrs(num_heads, kv_heads, causal, scale))
   zeros = lambda x: np.zeros(x.shape, jax.dtypes.float0) if x.dtype == jnp.uint8 else jnp.zeros_like(x)
   return dqkv, zeros(mask), zeros(cos), zeros(sin)

@@ -69,6 +69,29 @@ def test_matches_reference(heads, kv_heads, causal, rope):
   assert np.all(np.asarray(got[1])[0, 26:, :heads] == 0)
 
 
+@pytest.mark.parametrize("heads,kv_heads,per_item", [(4, 2, 2), (6, 3, 3), (4, 4, 2), (4, 2, 0)],
+                         ids=["gqa_rows", "gqa3_rows", "mha_half_rows", "auto"])
+def test_work_items_match_reference(heads, kv_heads, per_item, monkeypatch):
+  """Work items of whole batch rows (every kv head and its query heads), of parts of
+  rows, and the kernel's own choice give the same numbers."""
+  monkeypatch.setattr(cpu_attention, "KV_HEADS_PER_ITEM", per_item)
+  qkv = jax.random.normal(jax.random.PRNGKey(6), (16, 32, heads + 2 * kv_heads, K), jnp.float32)
+  dout = jax.random.normal(jax.random.PRNGKey(7), (16, 32, heads, K), jnp.float32)
+  seg = jnp.tile(SEGMENTS, (6, 1))[:16]
+  pos = jnp.tile(POSITIONS, (6, 1))[:16]
+  mask, rope = make_attention_mask(seg, seg, causal=True), rope_tables(pos, K)
+
+  def reference(x):
+    q, k, v = jnp.split(x, [heads, heads + kv_heads], axis=2)
+    return dot_product_attention(apply_rope(q, pos), apply_rope(k, pos), v, mask)
+
+  want = _value_and_grad(reference, qkv, dout)
+  got = _value_and_grad(lambda x: cpu_attention.fused_self_attention(
+      x, heads, kv_heads, mask, causal=True, rope=rope), qkv, dout)
+  for name, w, g in zip(("out", "dqkv"), want, got):
+    np.testing.assert_allclose(g, w, atol=2e-5, rtol=2e-5, err_msg=name)
+
+
 def test_unscaled_and_no_mask():
   qkv, dout = _inputs(2, 1, seed=1)
   want = _value_and_grad(lambda x: _reference(x, 2, 1, None, False, False), qkv, dout)

@@ -3,9 +3,10 @@
 // Why: on CPU the attention core ran as separate library calls (logits GEMM, softmax,
 // PV GEMM and four backward GEMMs) with [B, L, H, K] <-> [B, H, L, K] layout copies
 // around them, at about 110 GFLOP/s against a ~480 GFLOP/s matmul peak (BENCHMARKS.md).
-// Here one work item is a (batch row, kv head) pair: its q, k, v rows are read
-// straight from the fused [B, L, H + 2G, K] projection, rotated (RoPE) and scaled in
-// cache-resident buffers, and every product is a register-blocked GEMM on them, so no
+// Here one work item is a batch row (or a range of its kv heads): its q, k, v rows are
+// read from the fused [B, L, H + 2G, K] projection in one streaming pass, rotated (RoPE)
+// and scaled into head-major cache-resident buffers, and every product is a
+// register-blocked GEMM on them, so no
 // layout copy touches memory and causal key blocks above the diagonal are skipped.
 //
 // Layouts (row-major):
@@ -13,10 +14,10 @@
 //   mask  [B, L, S]     uint8, nonzero = the query may attend the key (S == L)
 //   cos, sin [B, L, K/2] rotate-half RoPE tables (lm/rope.py), or empty (no RoPE)
 //   out   [B, L, H, K]
-//   probs [B, H, L, S]  the softmax, saved for the backward (empty: not saved)
+//   probs [B, H, L, S]  the softmax, saved for the backward (empty: not saved); with
+//                       causal, entries 16 or more keys past a row's prefix are unset
 //   dqkv  [B, L, N, K]
 // Query rows that see no key get zero probabilities and a zero output, as the XLA path.
-// The backward uses rowsum(dP * P) = rowsum(dO * O).
 //
 // Built by lm/kernels/build.py with -O3 -march=native; the GEMM uses GCC vector
 // extensions, 16 floats per vector with AVX-512 and 8 otherwise.
@@ -27,6 +28,7 @@
 #include <cstdint>
 #include <cstring>
 #include <functional>
+#include <immintrin.h>
 #include <limits>
 #include <memory>
 #include <mutex>
@@ -137,6 +139,10 @@ inline vf mask_vector(const uint8_t* m) {
   return ints != 0 ? splat(1.0f) : splat(0.0f);
 }
 
+#if defined(__AVX512F__)
+inline float hmax(vf v) { return _mm512_reduce_max_ps(reinterpret_cast<__m512>(v)); }
+inline float hsum(vf v) { return _mm512_reduce_add_ps(reinterpret_cast<__m512>(v)); }
+#else
 inline float hmax(vf v) {
   float r = v[0];
   for (int i = 1; i < kVL; ++i) r = std::max(r, v[i]);
@@ -148,6 +154,7 @@ inline float hsum(vf v) {
   for (int i = 0; i < kVL; ++i) r += v[i];
   return r;
 }
+#endif
 
 // p[0:n] = softmax of the logits p[0:n] over the keys the mask allows; zeros if none.
 void masked_softmax(float* p, const uint8_t* mask, int64_t n) {
@@ -189,152 +196,23 @@ struct Shapes {
 // Row x[0:K] rotated by the tables' row (pairs x[i], x[i + K/2]); `sign` -1 inverts.
 inline void rotate_row(const float* x, const float* cos, const float* sin, int64_t K, float sign,
                        float scale, float* out) {
-  int64_t half = K / 2;
-  for (int64_t i = 0; i < half; ++i) {
+  const int64_t half = K / 2;
+  int64_t i = 0;
+  for (; i + kVL <= half; i += kVL) {
+    vf c = load(cos + i), s = load(sin + i) * sign, x1 = load(x + i), x2 = load(x + half + i);
+    store(out + i, (x1 * c - x2 * s) * scale);
+    store(out + half + i, (x2 * c + x1 * s) * scale);
+  }
+  for (; i < half; ++i) {  // K/2 not a multiple of the vector width
     float c = cos[i], s = sign * sin[i], x1 = x[i], x2 = x[i + half];
     out[i] = (x1 * c - x2 * s) * scale;
     out[i + half] = (x2 * c + x1 * s) * scale;
   }
 }
 
-// rows [L, K] of one head of qkv (column `head`), rotated and scaled, into out (row stride K).
-void load_head(const Shapes& s, const float* qkv, const float* cos, const float* sin, int64_t b,
-               int64_t head, float scale, float* out) {
-  for (int64_t i = 0; i < s.L; ++i) {
-    const float* x = qkv + ((b * s.L + i) * s.N + head) * s.K;
-    float* o = out + i * s.K;
-    if (s.rope) {
-      const float* ct = cos + (b * s.L + i) * (s.K / 2);
-      const float* st = sin + (b * s.L + i) * (s.K / 2);
-      rotate_row(x, ct, st, s.K, 1.0f, scale, o);
-    } else {
-      for (int64_t d = 0; d < s.K; ++d) o[d] = x[d] * scale;
-    }
-  }
-}
-
-// x [rows, K] (row-major) transposed into out [K, rows].
-void transpose(const float* x, int64_t rows, int64_t K, float* out) {
-  for (int64_t i = 0; i < rows; ++i)
-    for (int64_t d = 0; d < K; ++d) out[d * rows + i] = x[i * K + d];
-}
-
-// Writes a gradient row g[0:K] (w.r.t. the rotated value) as the gradient w.r.t. the
-// unrotated one: the inverse rotation.
-void store_grad_row(const Shapes& s, const float* g, const float* cos, const float* sin,
-                    int64_t b, int64_t i, float* dst) {
-  if (s.rope) {
-    rotate_row(g, cos + (b * s.L + i) * (s.K / 2), sin + (b * s.L + i) * (s.K / 2), s.K, -1.0f,
-               1.0f, dst);
-  } else {
-    std::memcpy(dst, g, s.K * sizeof(float));
-  }
-}
-
-thread_local std::vector<float> scratch;
-
-float* scratch_floats(int64_t n) {
-  if (static_cast<int64_t>(scratch.size()) < n) scratch.resize(n);
-  return scratch.data();
-}
-
-void forward_item(const Shapes& s, const float* qkv, const uint8_t* mask, const float* cos,
-                  const float* sin, float* out, float* probs, int64_t item) {
-  int64_t b = item / s.G, g = item % s.G;
-  int64_t L = s.L, S = s.S, K = s.K;
-  float* buf = scratch_floats(L * K + S * K + K * S + (probs ? 0 : L * S));
-  float* q = buf;
-  float* krows = q + L * K;
-  float* kt = krows + S * K;
-  float* plocal = kt + K * S;
-  load_head(s, qkv, cos, sin, b, s.H + g, 1.0f, krows);
-  transpose(krows, S, K, kt);
-  const float* v = qkv + (b * L * s.N + s.H + s.G + g) * K;
-  const int64_t v_rs = s.N * K;
-  for (int64_t r = 0; r < s.R; ++r) {
-    int64_t h = g * s.R + r;
-    load_head(s, qkv, cos, sin, b, h, s.scale, q);
-    float* p = probs ? probs + (b * s.H + h) * L * S : plocal;
-    for (int64_t i0 = 0; i0 < L; i0 += Shapes::kPanel) {
-      int64_t rows = std::min(Shapes::kPanel, L - i0), n = s.keys(i0, rows);
-      gemm(rows, n, K, q + i0 * K, K, 1, kt, S, p + i0 * S, S, false);
-      for (int64_t i = i0; i < i0 + rows; ++i) {
-        masked_softmax(p + i * S, mask + (b * L + i) * S, n);
-        if (probs) std::fill(p + i * S + n, p + (i + 1) * S, 0.0f);
-      }
-      gemm(rows, K, n, p + i0 * S, S, 1, v, v_rs, out + ((b * L + i0) * s.H + h) * K,
-           s.H * K, false);
-    }
-  }
-}
-
-void backward_item(const Shapes& s, const float* qkv, const float* cos, const float* sin,
-                   const float* probs, const float* out, const float* dout, float* dqkv,
-                   int64_t item) {
-  int64_t b = item / s.G, g = item % s.G;
-  int64_t L = s.L, S = s.S, K = s.K;
-  float* buf = scratch_floats(L * K + S * K + 2 * K * S + 2 * S * K + L * S + Shapes::kPanel * K);
-  float* q = buf;
-  float* krows = q + L * K;
-  float* vt = krows + S * K;
-  float* vrows = vt + K * S;
-  float* dk = vrows + S * K;
-  float* dv = dk + S * K;
-  float* ds = dv + S * K;
-  float* dq = ds + L * S;
-  load_head(s, qkv, cos, sin, b, s.H + g, 1.0f, krows);
-  // v's rows (no rotation), then transposed for dP = dO v^T.
-  for (int64_t j = 0; j < S; ++j)
-    std::memcpy(vrows + j * K, qkv + ((b * S + j) * s.N + s.H + s.G + g) * K, K * sizeof(float));
-  transpose(vrows, S, K, vt);
-  std::fill(dk, dk + 2 * S * K, 0.0f);
-  const int64_t o_rs = s.H * K;
-  for (int64_t r = 0; r < s.R; ++r) {
-    int64_t h = g * s.R + r;
-    load_head(s, qkv, cos, sin, b, h, s.scale, q);
-    const float* p = probs + (b * s.H + h) * L * S;
-    const float* o = out + (b * L * s.H + h) * K;
-    const float* dO = dout + (b * L * s.H + h) * K;
-    for (int64_t i0 = 0; i0 < L; i0 += Shapes::kPanel) {
-      int64_t rows = std::min(Shapes::kPanel, L - i0), n = s.keys(i0, rows);
-      gemm(rows, n, K, dO + i0 * o_rs, o_rs, 1, vt, S, ds + i0 * S, S, false);
-      for (int64_t i = i0; i < i0 + rows; ++i) {
-        const float* dOi = dO + i * o_rs;
-        const float* oi = o + i * o_rs;
-        vf acc{};
-        for (int64_t d = 0; d < K; d += kVL) acc += load(dOi + d) * load(oi + d);
-        vf rowsum = splat(hsum(acc));
-        float* dsi = ds + i * S;
-        const float* pi = p + i * S;
-        for (int64_t j = 0; j < n; j += kVL) store(dsi + j, load(pi + j) * (load(dsi + j) - rowsum));
-        std::fill(dsi + n, dsi + S, 0.0f);
-      }
-      // dq = scale * dS k, then the inverse rotation, into dqkv's query head h.
-      gemm(rows, K, n, ds + i0 * S, S, 1, krows, K, dq, K, false);
-      for (int64_t i = i0; i < i0 + rows; ++i) {
-        float* row = dq + (i - i0) * K;
-        for (int64_t d = 0; d < K; ++d) row[d] *= s.scale;
-        store_grad_row(s, row, cos, sin, b, i, dqkv + ((b * L + i) * s.N + h) * K);
-      }
-    }
-    // dk += dS^T (scale q), dv += P^T dO; with causal, key j gets rows i >= j only.
-    for (int64_t j0 = 0; j0 < S; j0 += kMR) {
-      int64_t mr = std::min<int64_t>(kMR, S - j0);
-      int64_t i_start = s.causal ? j0 : 0;
-      for (int64_t n0 = 0; n0 < K; n0 += kNV * kVL) {
-        int nv = static_cast<int>(std::min<int64_t>(kNV, (K - n0) / kVL));
-        TileFn f = tile(static_cast<int>(mr), nv);
-        f(L - i_start, ds + i_start * S + j0, 1, S, q + i_start * K + n0, K, dk + j0 * K + n0, K,
-          true);
-        f(L - i_start, p + i_start * S + j0, 1, S, dO + i_start * o_rs + n0, o_rs,
-          dv + j0 * K + n0, K, true);
-      }
-    }
-  }
-  for (int64_t j = 0; j < S; ++j) {
-    store_grad_row(s, dk + j * K, cos, sin, b, j, dqkv + ((b * S + j) * s.N + s.H + g) * K);
-    std::memcpy(dqkv + ((b * S + j) * s.N + s.H + s.G + g) * K, dv + j * K, K * sizeof(float));
-  }
+// out[0:K] = x[0:K] * scale (K a multiple of the vector width).
+inline void scale_row(const float* x, int64_t K, float scale, float* out) {
+  for (int64_t d = 0; d < K; d += kVL) store(out + d, load(x + d) * scale);
 }
 
 // Runs fn(0 .. total-1) on the caller and the pool's threads. The caller takes items
@@ -369,6 +247,186 @@ void parallel_for(ffi::ThreadPool& pool, int64_t total, std::function<void(int64
   job->cv.wait(lock, [&] { return job->done.load() == total; });
 }
 
+// A work item: batch row b, kv heads [g0, g0 + gn) and their query heads.
+struct Item {
+  int64_t b, g0, gn;
+};
+
+// Heads [h0, h0 + hn) of batch row b of a [B, L, heads, K] array, head-major into
+// out [hn, L, K], times `scale`, rotated by the tables if `rope`. One pass over the
+// token rows, whose heads are contiguous, so the reads stream.
+void gather_heads(const Shapes& s, const float* src, int64_t heads, int64_t b, int64_t h0,
+                  int64_t hn, bool rope, float scale, const float* cos, const float* sin,
+                  float* out) {
+  const int64_t L = s.L, K = s.K;
+  for (int64_t i = 0; i < L; ++i) {
+    const float* row = src + ((b * L + i) * heads + h0) * K;
+    for (int64_t h = 0; h < hn; ++h) {
+      const float* x = row + h * K;
+      float* o = out + (h * L + i) * K;
+      if (rope) {
+        rotate_row(x, cos + (b * L + i) * (K / 2), sin + (b * L + i) * (K / 2), K, 1.0f, scale, o);
+      } else {
+        scale_row(x, K, scale, o);
+      }
+    }
+  }
+}
+
+// The reverse: x [hn, L, K] into heads [h0, h0 + hn) of batch row b of dst, times `scale`,
+// rotated back (the inverse rotation: a gradient w.r.t. the rotated value becomes one
+// w.r.t. the unrotated) if `rope`. The writes stream.
+void scatter_heads(const Shapes& s, const float* x, int64_t heads, int64_t b, int64_t h0,
+                   int64_t hn, bool rope, float scale, const float* cos, const float* sin,
+                   float* dst) {
+  const int64_t L = s.L, K = s.K;
+  for (int64_t i = 0; i < L; ++i) {
+    float* row = dst + ((b * L + i) * heads + h0) * K;
+    for (int64_t h = 0; h < hn; ++h) {
+      const float* xi = x + (h * L + i) * K;
+      float* o = row + h * K;
+      if (rope) {
+        rotate_row(xi, cos + (b * L + i) * (K / 2), sin + (b * L + i) * (K / 2), K, -1.0f, scale, o);
+      } else {
+        scale_row(xi, K, scale, o);
+      }
+    }
+  }
+}
+
+// x [rows, K] (row-major) transposed into out [K, rows].
+void transpose(const float* x, int64_t rows, int64_t K, float* out) {
+  for (int64_t i = 0; i < rows; ++i)
+    for (int64_t d = 0; d < K; ++d) out[d * rows + i] = x[i * K + d];
+}
+
+thread_local std::vector<float> scratch;
+
+float* scratch_floats(int64_t n) {
+  if (static_cast<int64_t>(scratch.size()) < n) scratch.resize(n);
+  return scratch.data();
+}
+
+void forward_item(const Shapes& s, const float* qkv, const uint8_t* mask, const float* cos,
+                  const float* sin, float* out, float* probs, Item it) {
+  const int64_t L = s.L, S = s.S, K = s.K, b = it.b;
+  const int64_t h0 = it.g0 * s.R, hn = it.gn * s.R;
+  float* q = scratch_floats(2 * hn * L * K + 2 * it.gn * S * K + K * S + (probs ? 0 : L * S));
+  float* o = q + hn * L * K;
+  float* k = o + hn * L * K;
+  float* v = k + it.gn * S * K;
+  float* kt = v + it.gn * S * K;
+  float* plocal = kt + K * S;
+  gather_heads(s, qkv, s.N, b, h0, hn, s.rope, s.scale, cos, sin, q);
+  gather_heads(s, qkv, s.N, b, s.H + it.g0, it.gn, s.rope, 1.0f, cos, sin, k);
+  gather_heads(s, qkv, s.N, b, s.H + s.G + it.g0, it.gn, false, 1.0f, cos, sin, v);
+  for (int64_t gl = 0; gl < it.gn; ++gl) {
+    transpose(k + gl * S * K, S, K, kt);
+    const float* vg = v + gl * S * K;
+    for (int64_t hl = gl * s.R; hl < (gl + 1) * s.R; ++hl) {
+      const float* qh = q + hl * L * K;
+      float* p = probs ? probs + (b * s.H + h0 + hl) * L * S : plocal;
+      for (int64_t i0 = 0; i0 < L; i0 += Shapes::kPanel) {
+        int64_t rows = std::min(Shapes::kPanel, L - i0), n = s.keys(i0, rows);
+        gemm(rows, n, K, qh + i0 * K, K, 1, kt, S, p + i0 * S, S, false);
+        for (int64_t i = i0; i < i0 + rows; ++i) {
+          masked_softmax(p + i * S, mask + (b * L + i) * S, n);
+          // The backward reads up to a micro-tile (< 16 keys) past a row's prefix; the rest
+          // of the saved row is never read, so it is not written.
+          if (probs) std::fill(p + i * S + n, p + i * S + std::min(S, n + Shapes::kPanel), 0.0f);
+        }
+        gemm(rows, K, n, p + i0 * S, S, 1, vg, K, o + (hl * L + i0) * K, K, false);
+      }
+    }
+  }
+  scatter_heads(s, o, s.H, b, h0, hn, false, 1.0f, cos, sin, out);
+}
+
+void backward_item(const Shapes& s, const float* qkv, const float* cos, const float* sin,
+                   const float* probs, const float* dout, float* dqkv, Item it) {
+  const int64_t L = s.L, S = s.S, K = s.K, b = it.b;
+  const int64_t h0 = it.g0 * s.R, hn = it.gn * s.R;
+  float* q = scratch_floats(3 * hn * L * K + 4 * it.gn * S * K + K * S + L * S);
+  float* dO = q + hn * L * K;
+  float* dq = dO + hn * L * K;
+  float* k = dq + hn * L * K;
+  float* v = k + it.gn * S * K;
+  float* dk = v + it.gn * S * K;
+  float* dv = dk + it.gn * S * K;
+  float* vt = dv + it.gn * S * K;
+  float* ds = vt + K * S;
+  gather_heads(s, qkv, s.N, b, h0, hn, s.rope, s.scale, cos, sin, q);
+  gather_heads(s, qkv, s.N, b, s.H + it.g0, it.gn, s.rope, 1.0f, cos, sin, k);
+  gather_heads(s, qkv, s.N, b, s.H + s.G + it.g0, it.gn, false, 1.0f, cos, sin, v);
+  gather_heads(s, dout, s.H, b, h0, hn, false, 1.0f, cos, sin, dO);
+  std::fill(dk, dk + 2 * it.gn * S * K, 0.0f);
+  for (int64_t gl = 0; gl < it.gn; ++gl) {
+    transpose(v + gl * S * K, S, K, vt);  // for dP = dO v^T
+    const float* kg = k + gl * S * K;
+    float* dkg = dk + gl * S * K;
+    float* dvg = dv + gl * S * K;
+    for (int64_t hl = gl * s.R; hl < (gl + 1) * s.R; ++hl) {
+      const float* qh = q + hl * L * K;
+      const float* dOh = dO + hl * L * K;
+      const float* p = probs + (b * s.H + h0 + hl) * L * S;
+      for (int64_t i0 = 0; i0 < L; i0 += Shapes::kPanel) {
+        int64_t rows = std::min(Shapes::kPanel, L - i0), n = s.keys(i0, rows);
+        gemm(rows, n, K, dOh + i0 * K, K, 1, vt, S, ds + i0 * S, S, false);
+        for (int64_t i = i0; i < i0 + rows; ++i) {
+          // dS = P * (dP - rowsum(P * dP)), the row's P and dP in cache.
+          float* dsi = ds + i * S;
+          const float* pi = p + i * S;
+          vf acc{};
+          for (int64_t j = 0; j < n; j += kVL) acc += load(pi + j) * load(dsi + j);
+          vf rowsum = splat(hsum(acc));
+          for (int64_t j = 0; j < n; j += kVL)
+            store(dsi + j, load(pi + j) * (load(dsi + j) - rowsum));
+          std::fill(dsi + n, dsi + std::min(S, n + Shapes::kPanel), 0.0f);  // as the forward's
+        }
+        // dq (times the scale when written out) = dS k.
+        gemm(rows, K, n, ds + i0 * S, S, 1, kg, K, dq + (hl * L + i0) * K, K, false);
+      }
+      // dk += dS^T (scale q), dv += P^T dO; with causal, key j gets rows i >= j only.
+      for (int64_t j0 = 0; j0 < S; j0 += kMR) {
+        int64_t mr = std::min<int64_t>(kMR, S - j0);
+        int64_t i_start = s.causal ? j0 : 0;
+        for (int64_t n0 = 0; n0 < K; n0 += kNV * kVL) {
+          int nv = static_cast<int>(std::min<int64_t>(kNV, (K - n0) / kVL));
+          TileFn f = tile(static_cast<int>(mr), nv);
+          f(L - i_start, ds + i_start * S + j0, 1, S, qh + i_start * K + n0, K,
+            dkg + j0 * K + n0, K, true);
+          f(L - i_start, p + i_start * S + j0, 1, S, dOh + i_start * K + n0, K,
+            dvg + j0 * K + n0, K, true);
+        }
+      }
+    }
+  }
+  scatter_heads(s, dq, s.N, b, h0, hn, s.rope, s.scale, cos, sin, dqkv);
+  scatter_heads(s, dk, s.N, b, s.H + it.g0, it.gn, s.rope, 1.0f, cos, sin, dqkv);
+  scatter_heads(s, dv, s.N, b, s.H + s.G + it.g0, it.gn, false, 1.0f, cos, sin, dqkv);
+}
+
+// Whole batch rows (every kv head) per work item stream best; the kv heads are split
+// only when the rows are too few to keep every thread busy.
+int64_t kv_heads_per_item(const Shapes& s, int64_t threads) {
+  int64_t gn = s.G;
+  while (gn > 1 && s.B * (s.G / gn) < 4 * threads) {
+    do --gn; while (s.G % gn);
+  }
+  return gn;
+}
+
+// `forced_gn` > 0 (a divisor of G) overrides the choice, for tests.
+template <typename F>
+void for_each_item(ffi::ThreadPool& pool, const Shapes& s, int64_t forced_gn, F fn) {
+  int64_t gn = forced_gn > 0 ? forced_gn
+                             : kv_heads_per_item(s, std::max<int64_t>(1, pool.num_threads()));
+  int64_t per_row = s.G / gn;
+  parallel_for(pool, s.B * per_row, [&, gn, per_row](int64_t index) {
+    fn(Item{index / per_row, (index % per_row) * gn, gn});
+  });
+}
+
 ffi::Error shapes_of(ffi::Buffer<ffi::F32>& qkv, ffi::Buffer<ffi::F32>& cos, int64_t num_heads,
                      int64_t kv_heads, int64_t causal, float scale, Shapes& s) {
   auto d = qkv.dimensions();
@@ -387,17 +445,20 @@ ffi::Error attention_forward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> qkv,
                              ffi::Buffer<ffi::U8> mask, ffi::Buffer<ffi::F32> cos,
                              ffi::Buffer<ffi::F32> sin, ffi::ResultBuffer<ffi::F32> out,
                              ffi::ResultBuffer<ffi::F32> probs, int64_t num_heads,
-                             int64_t kv_heads, int64_t causal, float scale) {
+                             int64_t kv_heads, int64_t causal, float scale,
+                             int64_t kv_heads_per_item_attr) {
   Shapes sh;
   if (ffi::Error e = shapes_of(qkv, cos, num_heads, kv_heads, causal, scale, sh); e.failure())
     return e;
+  if (kv_heads_per_item_attr < 0 || (kv_heads_per_item_attr && kv_heads % kv_heads_per_item_attr))
+    return ffi::Error::InvalidArgument("kv_heads_per_item must be 0 or a divisor of kv_heads");
   const float* qkv_p = qkv.typed_data();
   const uint8_t* mask_p = mask.typed_data();
   const float* cos_p = cos.typed_data();
   const float* sin_p = sin.typed_data();
   float* out_p = out->typed_data();
   float* probs_p = probs->element_count() > 0 ? probs->typed_data() : nullptr;
-  parallel_for(pool, sh.B * sh.G, [&, sh](int64_t item) {
+  for_each_item(pool, sh, kv_heads_per_item_attr, [&](Item item) {
     forward_item(sh, qkv_p, mask_p, cos_p, sin_p, out_p, probs_p, item);
   });
   return ffi::Error::Success();
@@ -405,21 +466,23 @@ ffi::Error attention_forward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> qkv,
 
 ffi::Error attention_backward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> qkv,
                               ffi::Buffer<ffi::F32> cos, ffi::Buffer<ffi::F32> sin,
-                              ffi::Buffer<ffi::F32> probs, ffi::Buffer<ffi::F32> out,
-                              ffi::Buffer<ffi::F32> dout, ffi::ResultBuffer<ffi::F32> dqkv,
-                              int64_t num_heads, int64_t kv_heads, int64_t causal, float scale) {
+                              ffi::Buffer<ffi::F32> probs, ffi::Buffer<ffi::F32> dout,
+                              ffi::ResultBuffer<ffi::F32> dqkv, int64_t num_heads,
+                              int64_t kv_heads, int64_t causal, float scale,
+                              int64_t kv_heads_per_item_attr) {
   Shapes sh;
   if (ffi::Error e = shapes_of(qkv, cos, num_heads, kv_heads, causal, scale, sh); e.failure())
     return e;
+  if (kv_heads_per_item_attr < 0 || (kv_heads_per_item_attr && kv_heads % kv_heads_per_item_attr))
+    return ffi::Error::InvalidArgument("kv_heads_per_item must be 0 or a divisor of kv_heads");
   const float* qkv_p = qkv.typed_data();
   const float* cos_p = cos.typed_data();
   const float* sin_p = sin.typed_data();
   const float* probs_p = probs.typed_data();
-  const float* out_p = out.typed_data();
   const float* dout_p = dout.typed_data();
   float* dqkv_p = dqkv->typed_data();
-  parallel_for(pool, sh.B * sh.G, [&, sh](int64_t item) {
-    backward_item(sh, qkv_p, cos_p, sin_p, probs_p, out_p, dout_p, dqkv_p, item);
+  for_each_item(pool, sh, kv_heads_per_item_attr, [&](Item item) {
+    backward_item(sh, qkv_p, cos_p, sin_p, probs_p, dout_p, dqkv_p, item);
   });
   return ffi::Error::Success();
 }
@@ -438,7 +501,8 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(LmAttentionForward, attention_forward,
                                   .Attr<int64_t>("num_heads")
                                   .Attr<int64_t>("kv_heads")
                                   .Attr<int64_t>("causal")
-                                  .Attr<float>("scale"));
+                                  .Attr<float>("scale")
+                                  .Attr<int64_t>("kv_heads_per_item"));
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(LmAttentionBackward, attention_backward,
                               ffi::Ffi::Bind()
@@ -447,10 +511,10 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(LmAttentionBackward, attention_backward,
                                   .Arg<ffi::Buffer<ffi::F32>>()  // cos
                                   .Arg<ffi::Buffer<ffi::F32>>()  // sin
                                   .Arg<ffi::Buffer<ffi::F32>>()  // probs
-                                  .Arg<ffi::Buffer<ffi::F32>>()  // out
                                   .Arg<ffi::Buffer<ffi::F32>>()  // dout
                                   .Ret<ffi::Buffer<ffi::F32>>()  // dqkv
                                   .Attr<int64_t>("num_heads")
                                   .Attr<int64_t>("kv_heads")
                                   .Attr<int64_t>("causal")
-                                  .Attr<float>("scale"));
+                                  .Attr<float>("scale")
+                                  .Attr<int64_t>("kv_heads_per_item"));

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import logging
 import os
 import platform
 import shutil
@@ -22,6 +23,8 @@ import tempfile
 from pathlib import Path
 
 import jaxlib
+
+log = logging.getLogger(__name__)
 
 FLAGS = ("-O3", "-march=native", "-ffp-contract=fast", "-std=c++17", "-shared", "-fPIC", "-w")
 
@@ -71,6 +74,7 @@ def build(source_name: str) -> Path:
   if target.exists():
     return target
   target.parent.mkdir(parents=True, exist_ok=True)
+  log.info("compiling %s into %s (once per machine and source)", source.name, target)
   fd, tmp = tempfile.mkstemp(suffix=".so", dir=target.parent)
   os.close(fd)
   try:
