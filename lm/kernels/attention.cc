@@ -132,11 +132,17 @@ inline vf exp_nonpositive(vf x) {
   return p * scale;
 }
 
-inline vf mask_vector(const uint8_t* m) {
-  vu8 bytes;
-  std::memcpy(&bytes, m, sizeof(bytes));
-  vi ints = __builtin_convertvector(bytes, vi);
-  return ints != 0 ? splat(1.0f) : splat(0.0f);
+// -1 in the lanes whose mask byte is nonzero (the query may attend the key), else 0.
+inline vi visible(const uint8_t* m) {
+#if defined(__AVX512F__)
+  vi ints = reinterpret_cast<vi>(_mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(m))));
+#elif defined(__AVX2__)
+  vi ints = reinterpret_cast<vi>(_mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(m))));
+#else
+  vi ints;
+  for (int i = 0; i < kVL; ++i) ints[i] = m[i];
+#endif
+  return ints != 0;
 }
 
 #if defined(__AVX512F__)
@@ -161,7 +167,7 @@ void masked_softmax(float* p, const uint8_t* mask, int64_t n) {
   const vf neg_inf = splat(-std::numeric_limits<float>::infinity());
   vf mx = neg_inf;
   for (int64_t j = 0; j < n; j += kVL) {
-    vf x = mask_vector(mask + j) != 0.0f ? load(p + j) : neg_inf;
+    vf x = visible(mask + j) ? load(p + j) : neg_inf;
     mx = x > mx ? x : mx;
   }
   float row_max = hmax(mx);
@@ -171,7 +177,7 @@ void masked_softmax(float* p, const uint8_t* mask, int64_t n) {
   }
   vf sum{};
   for (int64_t j = 0; j < n; j += kVL) {
-    vf e = exp_nonpositive(load(p + j) - row_max) * mask_vector(mask + j);
+    vf e = visible(mask + j) ? exp_nonpositive(load(p + j) - row_max) : vf{};
     store(p + j, e);
     sum += e;
   }
