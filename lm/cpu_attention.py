@@ -98,8 +98,9 @@ def _attention_bwd(num_heads, kv_heads, causal, scale, residuals, dout):
                           vmap_method="sequential")(
       qkv, cos, sin, probs, dout.astype(jnp.float32),
       **_attrs(num_heads, kv_heads, causal, scale))
-  zeros = lambda x: np.zeros(x.shape, jax.dtypes.float0) if x.dtype == jnp.uint8 else jnp.zeros_like(x)
-  return dqkv, zeros(mask), zeros(cos), zeros(sin)
+  # The mask is an integer input: its cotangent is float0. cos and sin are constants.
+  return (dqkv, np.zeros(mask.shape, jax.dtypes.float0), jnp.zeros_like(cos),
+          jnp.zeros_like(sin))
 
 
 _attention.defvjp(_attention_fwd, _attention_bwd)

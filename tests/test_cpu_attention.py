@@ -160,7 +160,9 @@ def test_decoder_fused_equals_einsum_path(prefix, use_bias):
   _, model = _decoder(attention_impl="xla", use_bias=use_bias)
   _, fused_model = _decoder(attention_impl="cpu_fused", use_bias=use_bias)
   tokens = jax.random.randint(jax.random.PRNGKey(0), (2, 32), 0, 64)
-  prefix_mask = (jnp.arange(32)[None] < jnp.array([[12], [20]])).astype(jnp.int32) if prefix else None
+  prefix_mask = None
+  if prefix:
+    prefix_mask = (jnp.arange(32)[None] < jnp.array([[12], [20]])).astype(jnp.int32)
   params = model.init(jax.random.PRNGKey(1), tokens)["params"]
 
   def loss(m, p):

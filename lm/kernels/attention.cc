@@ -46,8 +46,8 @@ constexpr int kMR = 6;   // rows per micro-tile
 constexpr int kNV = 4;   // vectors per micro-tile row: 6 x 4 accumulators of 32 registers
 #else
 constexpr int kVL = 8;
-constexpr int kMR = 4;
-constexpr int kNV = 2;
+constexpr int kMR = 6;
+constexpr int kNV = 2;  // 6 x 2 accumulators of 16 registers
 #endif
 
 typedef float vf __attribute__((vector_size(kVL * 4)));
@@ -135,9 +135,11 @@ inline vf exp_nonpositive(vf x) {
 // -1 in the lanes whose mask byte is nonzero (the query may attend the key), else 0.
 inline vi visible(const uint8_t* m) {
 #if defined(__AVX512F__)
-  vi ints = reinterpret_cast<vi>(_mm512_cvtepu8_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(m))));
+  __m128i bytes = _mm_loadu_si128(reinterpret_cast<const __m128i*>(m));
+  vi ints = reinterpret_cast<vi>(_mm512_cvtepu8_epi32(bytes));
 #elif defined(__AVX2__)
-  vi ints = reinterpret_cast<vi>(_mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(m))));
+  __m128i bytes = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(m));
+  vi ints = reinterpret_cast<vi>(_mm256_cvtepu8_epi32(bytes));
 #else
   vi ints;
   for (int i = 0; i < kVL; ++i) ints[i] = m[i];
@@ -271,7 +273,8 @@ void gather_heads(const Shapes& s, const float* src, int64_t heads, int64_t b, i
       const float* x = row + h * K;
       float* o = out + (h * L + i) * K;
       if (rope) {
-        rotate_row(x, cos + (b * L + i) * (K / 2), sin + (b * L + i) * (K / 2), K, 1.0f, scale, o);
+        const int64_t t = (b * L + i) * (K / 2);
+        rotate_row(x, cos + t, sin + t, K, 1.0f, scale, o);
       } else {
         scale_row(x, K, scale, o);
       }
@@ -292,7 +295,8 @@ void scatter_heads(const Shapes& s, const float* x, int64_t heads, int64_t b, in
       const float* xi = x + (h * L + i) * K;
       float* o = row + h * K;
       if (rope) {
-        rotate_row(xi, cos + (b * L + i) * (K / 2), sin + (b * L + i) * (K / 2), K, -1.0f, scale, o);
+        const int64_t t = (b * L + i) * (K / 2);
+        rotate_row(xi, cos + t, sin + t, K, -1.0f, scale, o);
       } else {
         scale_row(xi, K, scale, o);
       }
