@@ -223,3 +223,27 @@ def test_explicit_kernel_without_compiler_fails_before_compute(monkeypatch):
   with pytest.raises(ConfigError, match="attention_impl='cpu_fused'.*no C.. compiler.*'blocked'"):
     setup_run(cfg, jax.devices()[:1])
   assert attention_backend("auto", jnp.float32) == "blocked"
+
+
+@pytest.mark.slow
+def test_training_on_eight_devices_equals_one(tmp_path, monkeypatch):
+  """The train loop with the kernel (head dim 16) on a data x fsdp x tensor mesh: the
+  losses of one device. The kernel runs per batch shard; the tensor axis's heads are
+  gathered for it."""
+  from lm.train import train
+  from tests.helpers import losses, tiny_config
+  calls = []
+  traced = cpu_attention.fused_self_attention
+  monkeypatch.setattr(cpu_attention, "fused_self_attention",
+                      lambda *a, **k: calls.append(a[0].shape) or traced(*a, **k))
+  overrides = {"model.head_dim": 16, "model.attention_impl": "cpu_fused"}
+  data_dir = str(tmp_path / "data")
+  train(tiny_config(data_dir, **overrides, **{"mesh.data": 1}), str(tmp_path / "one"),
+        devices=jax.devices()[:1])
+  mesh = {"mesh.data": 2, "mesh.fsdp": 2, "mesh.tensor": 2}
+  train(tiny_config(data_dir, **overrides, **mesh), str(tmp_path / "eight"),
+        devices=jax.devices()[:8])
+  assert calls  # the kernel ran, not the blocked path
+  a, b = losses(str(tmp_path / "one")), losses(str(tmp_path / "eight"))
+  assert [s for s, _ in a] == [1, 2, 3, 4, 5]
+  np.testing.assert_allclose([l for _, l in a], [l for _, l in b], rtol=2e-5)
